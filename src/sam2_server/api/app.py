@@ -1,0 +1,61 @@
+"""The FastAPI application: routes, the request guard and the error handlers.
+
+Model loading starts in a background thread when the app starts, so `/health`
+answers `LOADING` at once (Livepeer's orchestrator polls it from the first
+second) and flips to `OK` or `ERROR` when loading ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from sam2_server import __version__
+from sam2_server.api.errors import install_error_handlers
+from sam2_server.api.guard import RequestGuard
+from sam2_server.api.routes import SEGMENT_PATH, build_router
+from sam2_server.api.service import Segmenter
+from sam2_server.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -> FastAPI:
+    """Build the app around `segmenter`; with `load`, start loading its models on startup."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if load:
+            threading.Thread(
+                target=_load, args=(segmenter,), name="model-loader", daemon=True
+            ).start()
+        yield
+
+    app = FastAPI(
+        title="sam2-server",
+        description="Segment Anything 2 over HTTP, wire-compatible with Livepeer's AI runner.",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    app.state.segmenter = segmenter
+    app.state.settings = settings
+    app.include_router(build_router(settings.max_field_bytes))
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestGuard,
+        auth_token=settings.auth_token,
+        protected_paths=(SEGMENT_PATH,),
+        max_request_bytes=settings.max_request_bytes,
+    )
+    return app
+
+
+def _load(segmenter: Segmenter) -> None:
+    try:
+        segmenter.load()
+    except Exception:  # the segmenter recorded it; /health now says ERROR
+        logger.exception("could not load the model; /health reports ERROR")

@@ -1,0 +1,60 @@
+"""Every error leaves as JSON in the contract's shape, from one place.
+
+400/401/413/500/503 are `{"detail": {"msg": ...}}` (a plain-string `detail`
+breaks the go-livepeer client); 422 keeps FastAPI's validation shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+from sam2_server.api.guard import error_body
+from sam2_server.errors import PIPELINE_ERROR, ServiceError
+
+logger = logging.getLogger(__name__)
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(message), status, headers, media_type="application/json")
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    if exc.status >= 500:
+        logger.error("%s %s: %s", request.method, request.url.path, exc.message)
+    return json_error(exc.status, exc.message, exc.headers)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if _is_field_too_large(exc):
+        limit = request.app.state.settings.max_field_bytes
+        return json_error(
+            413,
+            f"A form field exceeds this server's limit of {limit} bytes (MAX_FIELD_BYTES).",
+        )
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return json_error(exc.status_code, message, dict(exc.headers or {}))
+
+
+def _is_field_too_large(exc: StarletteHTTPException) -> bool:
+    """Starlette reports an oversize form field as a 400 raised while handling
+    its MultiPartException; the contract wants a 413 for "too large"."""
+    cause = exc.__context__
+    return isinstance(cause, MultiPartException) and "exceeded maximum size" in cause.message
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("%s %s failed", request.method, request.url.path)
+    return json_error(500, PIPELINE_ERROR)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(Exception, _unexpected)

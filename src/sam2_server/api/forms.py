@@ -1,0 +1,164 @@
+"""Form strings → a validated `Prompt`, or a 400 that names the field and the shape.
+
+The reference parses each array field with `np.array(json.loads(s))` and
+hands whatever comes out to the model, which then fails (500) or, worse,
+succeeds on the wrong shape. Here every shape is checked before inference.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from sam2_server.domain import Prompt
+from sam2_server.errors import bad_request
+
+MASK_SHAPE = (1, 256, 256)
+
+
+def parse_json_array(value: str | None, name: str) -> np.ndarray | None:
+    """A JSON array field as a numpy array; None when missing or empty.
+
+    Uses a JSON parser (not Python literal evaluation), with the reference's
+    message for text that is not JSON. Nested lists of unequal length, and
+    anything that is not a number, are rejected here rather than becoming a
+    numpy object array.
+    """
+    if value is None or value.strip() == "":
+        return None
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"Error parsing JSON for {name}: {exc}") from None
+    if not isinstance(data, list):
+        raise bad_request(
+            f"Error parsing JSON for {name}: expected a JSON array, got {value[:40]!r}"
+        )
+    if not _numbers_only(data):
+        raise bad_request(f"Error parsing JSON for {name}: the array must contain only numbers")
+    try:
+        array = np.array(data, dtype=np.float64)
+    except ValueError:
+        raise bad_request(
+            f"Error parsing JSON for {name}: nested lists have different lengths (ragged array)"
+        ) from None
+    except OverflowError:
+        raise bad_request(
+            f"{name} must contain only finite numbers (no NaN or Infinity)."
+        ) from None
+    if not np.isfinite(array).all():
+        raise bad_request(f"{name} must contain only finite numbers (no NaN or Infinity).")
+    return array
+
+
+def _numbers_only(data: Any) -> bool:
+    """True for nested lists of int/float (bool excluded: `true` is not a coordinate)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, bool) or not isinstance(item, int | float):
+            return False
+    return True
+
+
+def _shape(array: np.ndarray) -> str:
+    return "x".join(str(n) for n in array.shape) or "scalar"
+
+
+def build_prompt(
+    *,
+    point_coords: str | None,
+    point_labels: str | None,
+    box: str | None,
+    mask_input: str | None,
+    multimask_output: bool,
+    return_logits: bool,
+    normalize_coords: bool,
+) -> Prompt:
+    """Parse every array field, then check the shapes against each other."""
+    coords = parse_json_array(point_coords, "point_coords")
+    labels = parse_json_array(point_labels, "point_labels")
+    boxes = parse_json_array(box, "box")
+    mask = parse_json_array(mask_input, "mask_input")
+
+    num_boxes = _check_box(boxes)
+    if coords is not None or labels is not None:
+        coords, labels = _check_points(coords, labels, num_boxes)
+    if mask is not None:
+        mask = _check_mask(mask, coords, num_boxes)
+
+    return Prompt(
+        point_coords=coords,
+        point_labels=labels,
+        box=boxes,
+        mask_input=mask,
+        multimask_output=multimask_output,
+        return_logits=return_logits,
+        normalize_coords=normalize_coords,
+    )
+
+
+def _check_box(boxes: np.ndarray | None) -> int:
+    """Number of boxes: a plain [x0, y0, x1, y1] is one, a B x 4 list is B."""
+    if boxes is None:
+        return 0
+    if boxes.shape == (4,):
+        return 1
+    if boxes.ndim == 2 and boxes.shape[1] == 4 and boxes.shape[0] >= 1:
+        return int(boxes.shape[0])
+    raise bad_request(
+        f"box must be [x0, y0, x1, y1] (4 numbers) or a list of B such boxes (Bx4); "
+        f"got shape {_shape(boxes)}."
+    )
+
+
+def _check_points(
+    coords: np.ndarray | None, labels: np.ndarray | None, num_boxes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    if coords is None:
+        raise bad_request("point_labels was given without point_coords.")
+    if labels is None:
+        raise bad_request("point_labels is required with point_coords (one label per point).")
+    if coords.ndim == 2 and coords.shape[1] == 2 and coords.shape[0] >= 1:
+        if num_boxes > 1:
+            raise bad_request(
+                f"with {num_boxes} boxes, point_coords must hold one point list per box "
+                f"({num_boxes}xNx2); got shape {_shape(coords)}."
+            )
+    elif coords.ndim == 3 and coords.shape[2] == 2 and coords.shape[1] >= 1:
+        objects = coords.shape[0]
+        if num_boxes not in (0, objects) or objects == 0:
+            raise bad_request(
+                f"point_coords has {objects} point lists but box has {num_boxes} boxes; "
+                "give one point list per box."
+            )
+    else:
+        raise bad_request(
+            f"point_coords must be a list of [x, y] points (Nx2), or one such list per "
+            f"object (BxNx2); got shape {_shape(coords)}."
+        )
+    if labels.shape != coords.shape[:-1]:
+        expected = "x".join(str(n) for n in coords.shape[:-1])
+        raise bad_request(
+            f"point_labels must have one label per point (shape {expected}); "
+            f"got shape {_shape(labels)}."
+        )
+    if not np.isin(labels, (0, 1)).all():
+        raise bad_request("point_labels must be 1 (foreground) or 0 (background).")
+    return coords, labels.astype(np.int64)
+
+
+def _check_mask(mask: np.ndarray, coords: np.ndarray | None, num_boxes: int) -> np.ndarray:
+    if mask.shape != MASK_SHAPE:
+        raise bad_request(
+            "mask_input must be 1x256x256 low-resolution logits (one of an earlier answer's "
+            f"logits, wrapped in a list); got shape {_shape(mask)}."
+        )
+    objects = max(num_boxes, coords.shape[0] if coords is not None and coords.ndim == 3 else 1)
+    if objects > 1:
+        raise bad_request("mask_input can only be combined with a single object (one box).")
+    return mask.astype(np.float32)

@@ -1,0 +1,27 @@
+"""The one exception type of the service.
+
+Any layer raises `ServiceError` with the status a client should see; the API
+layer alone turns it into the contract's `{"detail": {"msg": ...}}` body. The
+engine uses it without knowing HTTP: a status code is just a number here.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error whose message is safe and useful to show to the client."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def bad_request(message: str) -> ServiceError:
+    return ServiceError(400, message)
+
+
+# The reference's messages, kept verbatim: clients and dashboards match on them.
+PIPELINE_ERROR = "Segment-anything-2 pipeline error."
+OOM_ERROR = "Out of memory error. Try reducing input image resolution."

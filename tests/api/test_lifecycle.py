@@ -1,0 +1,122 @@
+"""Health states, version, OpenAPI names, and the api/ → torch boundary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from sam2_server import __version__
+from sam2_server.api import create_app
+from sam2_server.config import Settings
+from sam2_server.domain import Prediction, Prompt
+from tests.api.test_errors import PNG, assert_error
+
+
+class SlowLoader:
+    """A stand-in for the engine whose load waits for the test's signal."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.status = "LOADING"
+        self.served_model_ids = ("m",)
+        self.default_model_id = "m"
+        self.error: str | None = None
+        self.release = threading.Event()
+        self.fail = fail
+
+    def load(self) -> None:
+        self.release.wait(10)
+        if self.fail:
+            self.status, self.error = "ERROR", "weights not found"
+            raise RuntimeError(self.error)
+        self.status = "OK"
+
+    def segment(self, model_id: str, image_bytes: bytes, prompt: Prompt) -> Prediction:
+        ones = np.ones((3, 2, 2), np.float32)
+        return Prediction(ones, np.array([0.9, 0.5, 0.1], np.float32), ones)
+
+
+def wait_for(client: TestClient, status: str) -> None:
+    for _ in range(200):
+        if client.get("/health").json()["status"] == status:
+            return
+        threading.Event().wait(0.02)
+    raise AssertionError(f"health never became {status}")
+
+
+def test_health_loading_then_ok_and_503_while_loading():
+    segmenter = SlowLoader()
+    with TestClient(create_app(Settings(), segmenter)) as client:
+        assert client.get("/health").json() == {"status": "LOADING"}
+        response = client.post("/segment-anything-2", files={"image": PNG})
+        assert_error(response, 503, "loading")
+        assert response.headers["retry-after"] == "5"
+        segmenter.release.set()
+        wait_for(client, "OK")
+        assert client.post("/segment-anything-2", files={"image": PNG}).status_code == 200
+
+
+def test_health_error_when_loading_fails():
+    segmenter = SlowLoader(fail=True)
+    segmenter.release.set()
+    with TestClient(create_app(Settings(), segmenter)) as client:
+        wait_for(client, "ERROR")
+        response = client.post("/segment-anything-2", files={"image": PNG})
+        assert_error(response, 503, "weights not found")
+
+
+def test_version(client, reduced_settings):
+    assert client.get("/version").json() == {
+        "pipeline": "segment-anything-2",
+        "model_id": reduced_settings.model_ids[0],
+        "version": __version__,
+    }
+
+
+def test_openapi_names_match_the_contract(client):
+    schema = client.get("/openapi.json").json()
+    operation = schema["paths"]["/segment-anything-2"]["post"]
+    assert operation["operationId"] == "genSegmentAnything2"
+    assert operation["tags"] == ["generate"]
+    body_ref = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    assert body_ref.endswith("/Body_genSegmentAnything2")
+    responses = operation["responses"]
+    assert responses["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/MasksResponse"
+    )
+    for code in ("400", "401", "500"):
+        assert responses[code]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/HTTPError"
+        )
+    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/HTTPValidationError"
+    )
+    body = schema["components"]["schemas"]["Body_genSegmentAnything2"]
+    assert body["required"] == ["image"]
+    assert set(body["properties"]) == {
+        "image",
+        "model_id",
+        "point_coords",
+        "point_labels",
+        "box",
+        "mask_input",
+        "multimask_output",
+        "return_logits",
+        "normalize_coords",
+    }
+    # Plain strings, not anyOf[string, null]: the go code generator reads OpenAPI 3.0 types.
+    for name in ("point_coords", "point_labels", "box", "mask_input"):
+        assert body["properties"][name]["type"] == "string"
+    assert body["properties"]["return_logits"]["default"] is True
+
+
+def test_http_layer_never_imports_torch():
+    code = (
+        "import sys; import sam2_server.api, sam2_server.codecs, sam2_server.cli; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,208 @@
+"""A real `sam2-server serve` process on loopback, driven by real clients.
+
+The model is the full hiera-tiny architecture (random weights) resolved by its
+Hugging Face id from the temporary cache, so this also covers the CLI, env
+configuration and hub resolution; the encoder takes seconds per image on CPU,
+which the health test needs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import DATA, image_bytes
+
+TOKEN = "e2e-token"
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(hf_tiny: str) -> Iterator[Server]:
+    port = free_port()
+    env = {**os.environ, "AUTH_TOKEN": TOKEN, "MODEL_ID": hf_tiny, "LOG_LEVEL": "warning"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sam2_server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert process.poll() is None, "server exited during start-up"
+            try:
+                status = httpx.get(url + "/health", timeout=2).json()["status"]
+                if status == "OK":
+                    break
+                assert status == "LOADING", status
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.2)
+        yield Server(url, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def hf_oracle(hf_tiny):
+    """sam2's own from_pretrained on the same repo id, through the same offline cache."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor.from_pretrained(hf_tiny, device="cpu")
+    image = Image.open(io.BytesIO(image_bytes("groceries.jpg"))).convert("RGB")
+    predictor.set_image(image)
+    return predictor
+
+
+def test_livepeer_sdk_against_the_server(server, hf_oracle):
+    from livepeer_ai import Livepeer
+
+    lp = Livepeer(server_url=server.url, http_bearer=TOKEN)
+    with open(DATA / "groceries.jpg", "rb") as image:
+        result = lp.generate.segment_anything2(
+            request={
+                "image": {"file_name": "groceries.jpg", "content": image},
+                "point_coords": "[[400,250],[120,90]]",
+                "point_labels": "[1,0]",
+            }
+        )
+    answer = result.masks_response
+    masks = np.array(json.loads(answer.masks), dtype=np.float32)
+    scores = np.array(json.loads(answer.scores), dtype=np.float32)
+    logits = np.array(json.loads(answer.logits), dtype=np.float32)
+
+    want_masks, want_scores, want_logits = hf_oracle.predict(
+        point_coords=np.array([[400, 250], [120, 90]]),
+        point_labels=np.array([1, 0]),
+        return_logits=True,
+    )
+    order = np.argsort(want_scores)[::-1]
+    np.testing.assert_array_equal(scores, want_scores[order])
+    np.testing.assert_array_equal(masks, want_masks[order])
+    np.testing.assert_array_equal(logits, want_logits[order])
+
+
+def test_livepeer_sdk_sees_typed_errors(server):
+    from livepeer_ai import Livepeer
+    from livepeer_ai.models import errors
+
+    lp = Livepeer(server_url=server.url, http_bearer=TOKEN)
+    with pytest.raises(errors.HTTPError) as info:
+        lp.generate.segment_anything2(
+            request={
+                "image": {"file_name": "x.png", "content": b"not an image"},
+                "point_coords": "[[1, 2, 3]]",
+                "point_labels": "[1]",
+            }
+        )
+    assert "point_coords" in info.value.data.detail.msg
+
+    wrong = Livepeer(server_url=server.url, http_bearer="wrong")
+    with pytest.raises(errors.HTTPError) as info:
+        wrong.generate.segment_anything2(request={"image": {"file_name": "x.png", "content": b"x"}})
+    assert info.value.data.detail.msg == "Invalid bearer token."
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_contract_curl_example(server, hf_tiny):
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            server.url + "/segment-anything-2",
+            "-H",
+            f"Authorization: Bearer {TOKEN}",
+            "-F",
+            f"model_id={hf_tiny}",
+            "-F",
+            "point_coords=[[120,100],[120,50]]",
+            "-F",
+            "point_labels=[1,0]",
+            "-F",
+            f"image=@{DATA / 'groceries.jpg'}",
+            "-w",
+            "\n%{http_code}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    body, _, code = out.stdout.rpartition("\n")
+    assert code == "200", body[:300]
+    answer = json.loads(body)
+    assert np.array(json.loads(answer["masks"])).shape == (3, 534, 800)
+
+
+def test_health_answers_fast_during_inference(server):
+    """Three requests keep the encoder busy for several seconds; /health must not wait."""
+    data = image_bytes("truck.jpg")
+    finished: list[float] = []
+
+    def segment() -> None:
+        response = httpx.post(
+            server.url + "/segment-anything-2",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            data={"point_coords": "[[900, 600]]", "point_labels": "[1]"},
+            files={"image": ("truck.jpg", data, "image/jpeg")},
+            timeout=300,
+        )
+        assert response.status_code == 200
+        finished.append(time.monotonic())
+
+    workers = [threading.Thread(target=segment) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.5)  # let the uploads arrive and the first encode start
+    latencies = []
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        while any(w.is_alive() for w in workers) and len(latencies) < 200:
+            started = time.monotonic()
+            assert client.get("/health").json() == {"status": "OK"}
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.05)
+    for worker in workers:
+        worker.join()
+    assert len(finished) == 3
+    assert len(latencies) >= 10, "inference ended before health was polled"
+    assert max(latencies) < 1.0, f"slowest /health took {max(latencies):.2f} s"
