@@ -9,8 +9,8 @@ test:
 	if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 lint:
-	.venv/bin/ruff check src tests bench
-	.venv/bin/ruff format --check src tests bench
+	.venv/bin/ruff check
+	.venv/bin/ruff format --check
 
 serve:
 	.venv/bin/sam2-server serve
