@@ -34,21 +34,17 @@ os.environ.pop("MODEL_ID", None)
 
 import pytest  # noqa: E402
 
+from sam2_server.engine.synthetic import (  # noqa: E402
+    REDUCED_OVERRIDES,
+    TINY_CONFIG,
+    write_checkpoint,
+    write_config,
+)
+
 DATA = Path(__file__).parent / "data"
 TINY_REPO = "facebook/sam2.1-hiera-tiny"
-TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 TINY_FILENAME = "sam2.1_hiera_tiny.pt"
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-# A thinner Hiera trunk on the package's tiny config: same decoder, same 1024
-# input and feature map sizes (SAM2ImagePredictor assumes them), ~10x cheaper.
-REDUCED_OVERRIDES = [
-    "++model.image_encoder.trunk.embed_dim=16",
-    "++model.image_encoder.trunk.stages=[1,1,2,1]",
-    "++model.image_encoder.trunk.global_att_blocks=[3]",
-    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
-    "++model.memory_attention.num_layers=1",
-]
 
 
 @dataclass(frozen=True)
@@ -61,37 +57,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_HF_HOME, ignore_errors=True)
 
 
-def _random_state_dict(config_name: str, overrides: list[str], seed: int) -> dict:
-    import sam2  # noqa: F401  (initialises Hydra's search path on the package's configs)
-    import torch
-    from hydra import compose
-    from hydra.utils import instantiate
-
-    cfg = compose(config_name=config_name, overrides=overrides)
-    torch.manual_seed(seed)
-    model = instantiate(cfg.model, _recursive_=True)
-    # Default init leaves some embeddings at zero; give every weight a seeded
-    # random value so that no test passes because something is all zeros.
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.abs().sum() == 0:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-    return {"model": model.state_dict()}
-
-
 @pytest.fixture(scope="session")
 def reduced_model(tmp_path_factory: pytest.TempPathFactory) -> LocalModel:
-    import sam2  # noqa: F401
-    import torch
-    from hydra import compose
-    from omegaconf import OmegaConf
-
     folder = tmp_path_factory.mktemp("reduced")
-    config = folder / "sam2.1_hiera_reduced.yaml"
-    OmegaConf.save(compose(config_name=TINY_CONFIG, overrides=REDUCED_OVERRIDES), config)
-    checkpoint = folder / "sam2.1_hiera_reduced.pt"
-    torch.save(_random_state_dict(TINY_CONFIG, REDUCED_OVERRIDES, seed=1), checkpoint)
+    config = write_config(folder / "sam2.1_hiera_reduced.yaml", overrides=REDUCED_OVERRIDES)
+    checkpoint = write_checkpoint(
+        folder / "sam2.1_hiera_reduced.pt", overrides=REDUCED_OVERRIDES, seed=1
+    )
     return LocalModel(checkpoint, config)
 
 
@@ -113,10 +85,7 @@ def place_in_hf_cache(repo_id: str, filename: str, payload: Path) -> Path:
 @pytest.fixture(scope="session")
 def hf_tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The repo id of a random-weight hiera-tiny in the temporary HF cache."""
-    import torch
-
-    staging = tmp_path_factory.mktemp("staging") / TINY_FILENAME
-    torch.save(_random_state_dict(TINY_CONFIG, [], seed=2), staging)
+    staging = write_checkpoint(tmp_path_factory.mktemp("staging") / TINY_FILENAME, seed=2)
     place_in_hf_cache(TINY_REPO, TINY_FILENAME, staging)
     return TINY_REPO
 
@@ -151,7 +120,7 @@ def reference_predictor(reduced_model: LocalModel):
         TINY_CONFIG,
         str(reduced_model.checkpoint),
         device="cpu",
-        hydra_overrides_extra=REDUCED_OVERRIDES,
+        hydra_overrides_extra=list(REDUCED_OVERRIDES),
     )
     return SAM2ImagePredictor(model)
 

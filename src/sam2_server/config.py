@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 DEFAULT_MODEL_ID = "facebook/sam2-hiera-large"  # the Livepeer network's default
 
@@ -38,6 +40,14 @@ class Settings:
     # Decoded image size; a decompression bomb is a small file over this.
     max_image_pixels: int = 40_000_000
     log_level: str = "info"
+    # Embedding cache bound; None: 1 GiB on CPU/MPS, 4 GiB on CUDA. 0 disables the cache.
+    cache_bytes: int | None = None
+    # "auto": bf16 autocast + TF32 on CUDA, exact fp32 elsewhere; or "fp32" / "bf16".
+    precision: str = "auto"
+    compile_encoder: bool = False  # torch.compile the image encoder (CUDA; slow start)
+    # Concurrent cache misses encoded in one forward; None: 8 on CUDA, 1 (off) elsewhere.
+    encode_batch_size: int | None = None
+    encode_batch_wait_ms: float = 5.0
 
     @property
     def default_model_id(self) -> str:
@@ -63,6 +73,13 @@ class Settings:
             max_field_bytes=_int(env, "MAX_FIELD_BYTES", base.max_field_bytes),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", base.max_image_pixels),
             log_level=env.get("LOG_LEVEL", base.log_level).lower(),
+            cache_bytes=_int(env, "CACHE_BYTES", None, allow_zero=True),
+            precision=_choice(env, "PRECISION", ("auto", "fp32", "bf16"), base.precision),
+            compile_encoder=_bool(env, "COMPILE_ENCODER", base.compile_encoder),
+            encode_batch_size=_int(env, "ENCODE_BATCH_SIZE", None),
+            encode_batch_wait_ms=float(
+                env.get("ENCODE_BATCH_WAIT_MS") or base.encode_batch_wait_ms
+            ),
         )
 
 
@@ -77,7 +94,7 @@ def split_model_ids(value: str | None) -> tuple[str, ...] | None:
     return _split_ids(value) or None
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: _T, *, allow_zero: bool = False) -> int | _T:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -85,6 +102,24 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise SystemExit(f"{name} must be positive, got {value}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SystemExit(f"{name} must be true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw

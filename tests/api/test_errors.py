@@ -21,10 +21,22 @@ JPEG = ("g.jpg", image_bytes("groceries.jpg"), "image/jpeg")
 PATH = "/segment-anything-2"
 
 
-def tiny_png(size: tuple[int, int] = (64, 48)) -> bytes:
+def tiny_png(
+    size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30)
+) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", size, (200, 30, 30)).save(buffer, format="PNG")
+    Image.new("RGB", size, color).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def uncached_png() -> tuple[str, bytes, str]:
+    """An image no earlier request sent: its embedding is not in the cache."""
+    uncached_png.count += 1  # type: ignore[attr-defined]
+    n = uncached_png.count  # type: ignore[attr-defined]
+    return ("u.png", tiny_png(color=(n % 256, n // 256 % 256, 77)), "image/png")
+
+
+uncached_png.count = 0  # type: ignore[attr-defined]
 
 
 PNG = ("t.png", tiny_png(), "image/png")
@@ -207,6 +219,7 @@ def test_wrong_shapes_are_400_before_inference(client, monkeypatch, data, fragme
         raise AssertionError("inference ran on an invalid prompt")
 
     monkeypatch.setattr(SAM2ImagePredictor, "set_image", must_not_run)
+    monkeypatch.setattr(SAM2ImagePredictor, "predict", must_not_run)
     response = client.post(PATH, data=data, files={"image": PNG})
     assert_error(response, 400, *fragments)
 
@@ -303,10 +316,12 @@ def test_out_of_memory_is_500_and_server_keeps_serving(client, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(SAM2ImagePredictor, "set_image", oom)
-    response = client.post(PATH, files={"image": PNG})
+    image = uncached_png()
+    response = client.post(PATH, files={"image": image})
     assert_error(response, 500, "Out of memory error. Try reducing input image resolution.")
     monkeypatch.setattr(SAM2ImagePredictor, "set_image", original)
-    assert client.post(PATH, files={"image": PNG}).status_code == 200
+    # The failed encode was not cached: the same image now succeeds.
+    assert client.post(PATH, files={"image": image}).status_code == 200
 
 
 def test_unexpected_error_is_500_with_details_only_in_log(client, monkeypatch, caplog):
@@ -315,7 +330,7 @@ def test_unexpected_error_is_500_with_details_only_in_log(client, monkeypatch, c
 
     monkeypatch.setattr(SAM2ImagePredictor, "set_image", boom)
     with caplog.at_level(logging.ERROR):
-        response = client.post(PATH, files={"image": PNG})
+        response = client.post(PATH, files={"image": uncached_png()})
     message = assert_error(response, 500, "Segment-anything-2 pipeline error.")
     assert "secret" not in message
     assert "secret internal detail" in caplog.text

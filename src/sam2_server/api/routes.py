@@ -176,6 +176,10 @@ def build_router(max_field_bytes: int) -> APIRouter:
             pipeline=PIPELINE, model_id=segmenter.default_model_id, version=__version__
         )
 
+    @router.get("/stats", include_in_schema=False)
+    async def stats(segmenter: Segmenter = Depends(get_segmenter)) -> dict[str, Any]:
+        return segmenter.stats()
+
     return router
 
 

@@ -6,7 +6,7 @@ the HTTP layer never imports torch and tests can see the boundary hold.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from sam2_server.domain import Prediction, Prompt
 
@@ -30,3 +30,7 @@ class Segmenter(Protocol):
         ...
 
     def segment(self, model_id: str, image_bytes: bytes, prompt: Prompt) -> Prediction: ...
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-ready counters (cache hits and misses, images encoded) for GET /stats."""
+        ...

@@ -1,28 +1,41 @@
 """The engine: image bytes + Prompt → Prediction, with SAM2ImagePredictor's semantics.
 
-Two steps stay separate so that caching and batching can slot in between:
-`embed` (the image encoder, ~95% of the work) and `decode` (prompt encoder and
-mask decoder, cheap). `SAM2ImagePredictor` keeps one image as mutable hidden
-state and is not thread-safe, so no predictor is shared between requests: the
-image state lives in an immutable `Embedding`, and every call binds it to its
-own short-lived predictor (a shallow copy sharing the model and transforms).
+Two steps stay separate: `embed` (image decoding and the image encoder, ~95%
+of the work) and `decode` (prompt encoder and mask decoder, cheap). Between
+them sit the embedding cache (a repeated image skips `embed`), single-flight
+(concurrent requests on one new image encode it once) and, on GPUs, batching
+of concurrent encodes.
+
+`SAM2ImagePredictor` keeps one image as mutable hidden state and is not
+thread-safe, so no predictor is shared between requests: the image state
+lives in an immutable `Embedding`, and every call binds it to its own
+short-lived predictor (a shallow copy sharing the model and transforms).
+The encoder and the decoder are separate modules of the model with separate
+locks, so decoding a cached image never waits for another image's encode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
+import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam2_server.config import Settings
 from sam2_server.domain import Prediction, Prompt, sort_best_first
+from sam2_server.engine.batching import Batcher
+from sam2_server.engine.cache import EmbeddingCache
 from sam2_server.engine.images import decode_image
 from sam2_server.engine.models import (
     ModelSpec,
@@ -35,6 +48,8 @@ from sam2_server.errors import OOM_ERROR, ServiceError
 
 logger = logging.getLogger(__name__)
 
+GIB = 1024**3
+
 
 class Status(str, enum.Enum):
     LOADING = "LOADING"
@@ -46,7 +61,8 @@ class Status(str, enum.Enum):
 class Embedding:
     """Everything SAM2 needs to decode prompts on one image: the encoder's output.
 
-    Treated as read-only once built: several requests may decode from it at once.
+    Read-only once built: several requests may decode from it at once, and the
+    cache may drop it while they do.
     """
 
     model_id: str
@@ -64,19 +80,19 @@ class Embedding:
 class LoadedModel:
     spec: ModelSpec
     predictor: SAM2ImagePredictor  # a template: copied per call, never given an image
-    # The model's weights are shared by every call; torch modules in eval mode
-    # are safe to call concurrently, but on one CPU or GPU concurrent forwards only
-    # fight for the same cores, so calls are serialised per model.
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    encode_lock: threading.Lock = field(default_factory=threading.Lock)
+    decode_lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: Batcher[Image.Image, Embedding] | None = None
 
 
 @dataclass
 class Timings:
-    """Where the last request's time went; for logs and the latency note."""
+    """Where one request's time went; for the benchmark and the latency note."""
 
     decode_image_s: float = 0.0
     encode_s: float = 0.0
     decode_s: float = 0.0
+    cache_hit: bool = True
 
 
 class Engine:
@@ -85,9 +101,20 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = select_device(settings.device)
+        on_cuda = self.device.type == "cuda"
+        precision = settings.precision
+        self.bf16 = precision == "bf16" or (precision == "auto" and on_cuda)
+        cache_bytes = settings.cache_bytes
+        if cache_bytes is None:
+            cache_bytes = 4 * GIB if on_cuda else 1 * GIB
+        self.cache: EmbeddingCache[Embedding] = EmbeddingCache(cache_bytes)
+        batch = settings.encode_batch_size
+        self.encode_batch_size = batch if batch is not None else (8 if on_cuda else 1)
         self._models: dict[str, LoadedModel] = {}
         self._status = Status.LOADING
         self.error: str | None = None
+        self._counter_lock = threading.Lock()
+        self.encoded_images = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -106,6 +133,10 @@ class Engine:
     def load(self) -> None:
         """Load every served model; status goes to OK, or ERROR with a one-line reason."""
         try:
+            if self.device.type == "cuda" and self.bf16:
+                # TF32 matmuls: the precision autocast already gives up, for free.
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
             for model_id in self.settings.model_ids:
                 self._models[model_id] = self._load_one(model_id)
         except Exception as exc:
@@ -120,6 +151,21 @@ class Engine:
         spec = resolve_spec(model_id, self.settings.model_config)
         checkpoint = fetch_checkpoint(spec)
         model = build_model(spec, checkpoint, self.device)
+        if self.settings.compile_encoder:
+            # As sam2's own `compile_image_encoder` does; compiled per input shape.
+            model.image_encoder.forward = torch.compile(
+                model.image_encoder.forward, mode="max-autotune", fullgraph=True, dynamic=False
+            )
+        loaded = LoadedModel(spec, SAM2ImagePredictor(model))
+        if self.encode_batch_size > 1:
+            loaded.batcher = Batcher(
+                lambda images: self._encode_batch(loaded, model_id, images),
+                max_batch=self.encode_batch_size,
+                max_wait_s=self.settings.encode_batch_wait_ms / 1000,
+                name=f"encode-{model_id}",
+            )
+        if self.settings.compile_encoder:
+            self._warm_up(loaded, model_id)
         logger.info(
             "loaded %s (%s) on %s in %.1f s",
             model_id,
@@ -127,7 +173,12 @@ class Engine:
             self.device,
             time.perf_counter() - started,
         )
-        return LoadedModel(spec, SAM2ImagePredictor(model))
+        return loaded
+
+    def _warm_up(self, loaded: LoadedModel, model_id: str) -> None:
+        """Compile before the first request rather than during it."""
+        image = Image.new("RGB", (64, 64))
+        self._encode_one(loaded, model_id, image)
 
     def _model(self, model_id: str) -> LoadedModel:
         try:
@@ -140,35 +191,55 @@ class Engine:
     # -- the two steps ---------------------------------------------------------------------
 
     def embed(self, model_id: str, image_bytes: bytes, timings: Timings | None = None) -> Embedding:
-        """Decode the upload and run the image encoder (SAM2ImagePredictor.set_image)."""
+        """The image's embedding: from the cache, or decoded and encoded once."""
         loaded = self._model(model_id)
-        t0 = time.perf_counter()
-        image = decode_image(image_bytes, max_pixels=self.settings.max_image_pixels)
-        t1 = time.perf_counter()
+        key = (model_id, hashlib.sha256(image_bytes).hexdigest())
+
+        def compute() -> Embedding:
+            t0 = time.perf_counter()
+            image = decode_image(image_bytes, max_pixels=self.settings.max_image_pixels)
+            t1 = time.perf_counter()
+            if loaded.batcher is not None:
+                embedding = loaded.batcher(image)
+            else:
+                embedding = self._encode_one(loaded, model_id, image)
+            if timings is not None:
+                timings.decode_image_s = t1 - t0
+                timings.encode_s = time.perf_counter() - t1
+                timings.cache_hit = False
+            return embedding
+
+        return self.cache.get_or_compute(key, compute)
+
+    def _encode_one(self, loaded: LoadedModel, model_id: str, image: Image.Image) -> Embedding:
+        """SAM2ImagePredictor.set_image on a private predictor."""
         predictor = copy.copy(loaded.predictor)
-        with loaded.lock, _oom_guard():
+        with loaded.encode_lock, self._compute_context():
             predictor.set_image(image)
-        features = predictor._features
-        assert features is not None
-        assert predictor._orig_hw is not None
-        if timings is not None:
-            timings.decode_image_s = t1 - t0
-            timings.encode_s = time.perf_counter() - t1
-        return Embedding(
-            model_id=model_id,
-            image_embed=features["image_embed"],
-            high_res_feats=tuple(features["high_res_feats"]),
-            orig_hw=tuple(predictor._orig_hw[0]),  # type: ignore[arg-type]
-        )
+        self._count(1)
+        return _embedding_from(predictor, model_id, 0)
+
+    def _encode_batch(
+        self, loaded: LoadedModel, model_id: str, images: Sequence[Image.Image]
+    ) -> list[Embedding]:
+        """SAM2ImagePredictor.set_image_batch over concurrent misses (runs in the batcher)."""
+        predictor = copy.copy(loaded.predictor)
+        arrays = [np.array(image) for image in images]  # writable copies for torch
+        with loaded.encode_lock, self._compute_context():
+            predictor.set_image_batch(arrays)
+        self._count(len(images))
+        # Each embedding gets its own memory (not a view of the batch), so the
+        # cache's byte count is what stays alive.
+        return [_embedding_from(predictor, model_id, i, own=True) for i in range(len(images))]
 
     def decode(
         self, embedding: Embedding, prompt: Prompt, timings: Timings | None = None
     ) -> Prediction:
-        """Prompt encoder + mask decoder on a computed embedding (SAM2ImagePredictor.predict)."""
+        """Prompt encoder + mask decoder on an embedding (SAM2ImagePredictor.predict)."""
         loaded = self._model(embedding.model_id)
         t0 = time.perf_counter()
         predictor = _bind(loaded.predictor, embedding)
-        with loaded.lock, _oom_guard():
+        with loaded.decode_lock, self._compute_context():
             masks, scores, logits = predictor.predict(
                 point_coords=prompt.point_coords,
                 point_labels=prompt.point_labels,
@@ -188,6 +259,64 @@ class Engine:
     ) -> Prediction:
         return self.decode(self.embed(model_id, image_bytes, timings), prompt, timings)
 
+    # -- support ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _compute_context(self) -> Iterator[None]:
+        """Inference mode, bf16 autocast where configured, and OOM → the contract's 500."""
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.bf16
+            else contextlib.nullcontext()
+        )
+        try:
+            with torch.inference_mode(), autocast:
+                yield
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logger.error("out of memory: %s", exc)
+            raise ServiceError(500, OOM_ERROR) from exc
+
+    def _count(self, images: int) -> None:
+        with self._counter_lock:
+            self.encoded_images += images
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /stats: cache hits and misses, images encoded, batches."""
+        batches = [m.batcher for m in self._models.values() if m.batcher is not None]
+        return {
+            "status": self.status,
+            "device": str(self.device),
+            "precision": "bf16" if self.bf16 else "fp32",
+            "encoded_images": self.encoded_images,
+            "encode_batches": sum(b.batches for b in batches) if batches else None,
+            "cache": asdict(self.cache.stats()),
+        }
+
+
+def _embedding_from(
+    predictor: SAM2ImagePredictor, model_id: str, index: int, *, own: bool = False
+) -> Embedding:
+    """Image `index` of what set_image / set_image_batch left in the predictor."""
+    features = predictor._features
+    orig_hw = predictor._orig_hw
+    assert features is not None
+    assert orig_hw is not None
+
+    def pick(tensor: torch.Tensor) -> torch.Tensor:
+        part = tensor[index : index + 1]
+        return part.clone() if own else part
+
+    return Embedding(
+        model_id=model_id,
+        image_embed=pick(features["image_embed"]),
+        high_res_feats=tuple(pick(f) for f in features["high_res_feats"]),
+        orig_hw=(int(orig_hw[index][0]), int(orig_hw[index][1])),
+    )
+
 
 def _bind(template: SAM2ImagePredictor, embedding: Embedding) -> SAM2ImagePredictor:
     """A predictor whose 'current image' is `embedding`, as if set_image had just run."""
@@ -204,23 +333,6 @@ def _bind(template: SAM2ImagePredictor, embedding: Embedding) -> SAM2ImagePredic
 
 def _float32(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)
-
-
-class _oom_guard:
-    """Turn an accelerator OOM into the contract's 500 and leave the device usable."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> bool:
-        if exc is not None and _is_oom(exc):
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            logger.error("out of memory: %s", exc)
-            raise ServiceError(500, OOM_ERROR) from exc
-        return False
 
 
 def _is_oom(exc: BaseException) -> bool:
