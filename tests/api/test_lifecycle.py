@@ -120,3 +120,18 @@ def test_http_layer_never_imports_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_stats_count_cache_hits_and_misses(client):
+    from tests.api.test_errors import uncached_png
+
+    image = uncached_png()
+    before = client.get("/stats").json()
+    for _ in range(3):
+        assert client.post("/segment-anything-2", files={"image": image}).status_code == 200
+    after = client.get("/stats").json()
+    assert after["cache"]["misses"] - before["cache"]["misses"] == 1
+    assert after["cache"]["hits"] - before["cache"]["hits"] == 2
+    assert after["encoded_images"] - before["encoded_images"] == 1
+    assert after["precision"] == "fp32"
+    assert after["cache"]["bytes"] <= after["cache"]["max_bytes"]

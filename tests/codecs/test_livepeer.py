@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -57,3 +59,15 @@ def test_non_contiguous_and_float64_input():
     view = base[:, ::-1, ::2]
     parsed = np.array(json.loads(encode_array(view)), dtype=np.float32)
     np.testing.assert_array_equal(parsed, view.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "shape", [(3, 600, 700), (2, 3, 300, 1000), (2, 3, 1200, 1800), (3, 1, 300_000), (4, 70_000)]
+)
+def test_large_arrays_written_in_slices_are_the_same_text(shape):
+    """Arrays past the slice size are written piecewise; the text must not change."""
+    rng = np.random.default_rng(sum(shape))
+    array = (rng.standard_normal(shape) * 20).astype(np.float32)
+    text = encode_array(array)
+    assert text == orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)
+    np.testing.assert_array_equal(bits(np.array(json.loads(text), np.float32)), bits(array))

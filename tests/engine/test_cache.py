@@ -279,3 +279,19 @@ def test_batched_encodes_match_single_encodes(reduced_settings, reduced_engine):
         assert batched.masks.shape == single.masks.shape  # type: ignore[attr-defined]
         np.testing.assert_allclose(batched.scores, single.scores, atol=1e-4)  # type: ignore[attr-defined]
         np.testing.assert_allclose(batched.logits, single.logits, atol=1e-3)  # type: ignore[attr-defined]
+
+
+def test_bf16_autocast_stays_close_to_fp32(reduced_settings, reduced_engine):
+    """The GPU's default precision path, run on the CPU: same shapes, answers close."""
+    engine = Engine(reduced_settings.with_(precision="bf16", cache_bytes=0))
+    engine.load()
+    assert engine.stats()["precision"] == "bf16"
+    data = image_bytes("groceries.jpg")
+    for prompt in PROMPTS:
+        low = engine.segment(engine.default_model_id, data, prompt)
+        full = reduced_engine.segment(reduced_engine.default_model_id, data, prompt)
+        assert low.masks.dtype == np.float32
+        assert low.masks.shape == full.masks.shape
+        np.testing.assert_allclose(np.sort(low.scores), np.sort(full.scores), atol=0.02)
+        agreement = ((low.masks[0] > 0) == (full.masks[0] > 0)).mean()
+        assert agreement > 0.95

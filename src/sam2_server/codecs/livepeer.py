@@ -18,29 +18,55 @@ from sam2_server.domain import Prediction
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
+# orjson holds the GIL for a whole call; writing a large array in slices of
+# about this many numbers lets the event loop thread (health checks, new
+# uploads) run between slices instead of waiting for one long call.
+_SLICE = 1 << 18
+
+
 def encode_array(array: np.ndarray) -> bytes:
     """A float32 array as a JSON nested list, shortest round-trip text per number.
 
     Non-finite values have no JSON spelling; SAM2 does not produce them, and
     they would come out as `null`.
     """
-    return orjson.dumps(np.ascontiguousarray(array, dtype=np.float32), option=_NUMPY)
+    pieces: list[bytes | memoryview] = []
+    _write(np.ascontiguousarray(array, dtype=np.float32), pieces)
+    return b"".join(pieces)
+
+
+def _write(array: np.ndarray, pieces: list[bytes | memoryview]) -> None:
+    if array.size <= _SLICE or array.ndim < 2:
+        pieces.append(orjson.dumps(array, option=_NUMPY))
+        return
+    pieces.append(b"[")
+    if array[0].size > _SLICE:
+        for i, part in enumerate(array):
+            if i:
+                pieces.append(b",")
+            _write(part, pieces)
+    else:
+        rows = _SLICE // array[0].size
+        for i in range(0, len(array), rows):
+            if i:
+                pieces.append(b",")
+            # A slice is written as a list of rows; without its outer brackets
+            # (a view, not a copy) it joins into the enclosing list.
+            pieces.append(memoryview(orjson.dumps(array[i : i + rows], option=_NUMPY))[1:-1])
+    pieces.append(b"]")
 
 
 def encode_livepeer(prediction: Prediction) -> bytes:
-    """The whole response body.
+    """The whole response body, joined once.
 
     The nested lists contain only digits, signs, dots, `e`, commas and brackets,
     so they can be placed inside JSON strings without escaping.
     """
-    return b"".join(
-        (
-            b'{"masks":"',
-            encode_array(prediction.masks),
-            b'","scores":"',
-            encode_array(prediction.scores),
-            b'","logits":"',
-            encode_array(prediction.logits),
-            b'"}',
-        )
-    )
+    pieces: list[bytes | memoryview] = [b'{"masks":"']
+    _write(np.ascontiguousarray(prediction.masks, dtype=np.float32), pieces)
+    pieces.append(b'","scores":"')
+    _write(np.ascontiguousarray(prediction.scores, dtype=np.float32), pieces)
+    pieces.append(b'","logits":"')
+    _write(np.ascontiguousarray(prediction.logits, dtype=np.float32), pieces)
+    pieces.append(b'"}')
+    return b"".join(pieces)
