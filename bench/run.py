@@ -222,25 +222,19 @@ def stats_encodes(server: Server) -> int | None:
         return None
 
 
+def serve_args(checkpoint: Path, *extra: str) -> list[str]:
+    """`sam2-server serve` on loopback, CPU, quiet, for `checkpoint`."""
+    return [
+        *("-m", "sam2_server.cli", "serve", "--host", "127.0.0.1", "--device", "cpu"),
+        *("--model-id", str(checkpoint), "--log-level", "warning", *extra),
+    ]
+
+
 def memory_run(folder: Path, count: int, cache_entries: int) -> dict:
     config = write_config(folder / "reduced.yaml", overrides=REDUCED_OVERRIDES)
     checkpoint = write_checkpoint(folder / "reduced.pt", overrides=REDUCED_OVERRIDES, seed=3)
     cache_bytes = cache_entries * 17 * 1024 * 1024
-    args = [
-        "-m",
-        "sam2_server.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--device",
-        "cpu",
-        "--model-id",
-        str(checkpoint),
-        "--model-config",
-        str(config),
-        "--log-level",
-        "warning",
-    ]
+    args = serve_args(checkpoint, "--model-config", str(config))
     images = Images((320, 240))
     with started("memory", args, {"CACHE_BYTES": str(cache_bytes)}) as server:
         rss = psutil.Process(server.process.pid)
@@ -338,19 +332,7 @@ def main() -> int:
         folder = Path(tmp)
         checkpoint = write_checkpoint(folder / "sam2.1_hiera_tiny.pt", seed=0)
         images = Images(SIZE)
-        ours_args = [
-            "-m",
-            "sam2_server.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--device",
-            "cpu",
-            "--model-id",
-            str(checkpoint),
-            "--log-level",
-            "warning",
-        ]
+        ours_args = serve_args(checkpoint)
         base_args = [str(ROOT / "bench" / "baseline_server.py"), "--checkpoint", str(checkpoint)]
         with (
             started("sam2-server", ours_args) as ours_server,

@@ -77,9 +77,7 @@ class Settings:
             precision=_choice(env, "PRECISION", ("auto", "fp32", "bf16"), base.precision),
             compile_encoder=_bool(env, "COMPILE_ENCODER", base.compile_encoder),
             encode_batch_size=_int(env, "ENCODE_BATCH_SIZE", None),
-            encode_batch_wait_ms=float(
-                env.get("ENCODE_BATCH_WAIT_MS") or base.encode_batch_wait_ms
-            ),
+            encode_batch_wait_ms=_float(env, "ENCODE_BATCH_WAIT_MS", base.encode_batch_wait_ms),
         )
 
 
@@ -104,6 +102,19 @@ def _int(env: Mapping[str, str], name: str, default: _T, *, allow_zero: bool = F
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
     if value < 0 or (value == 0 and not allow_zero):
         raise SystemExit(f"{name} must be positive, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise SystemExit(f"{name} must not be negative, got {value}")
     return value
 
 

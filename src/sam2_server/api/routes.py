@@ -146,7 +146,9 @@ def build_router(max_field_bytes: int) -> APIRouter:
             raise bad_request(
                 f"pipeline configured with {', '.join(served)} but called with {model_id}."
             )
-        prompt = build_prompt(
+        # Off the event loop too: a 16 MB mask_input takes a while to parse.
+        prompt = await run_in_threadpool(
+            build_prompt,
             point_coords=point_coords,
             point_labels=point_labels,
             box=box,

@@ -1,0 +1,55 @@
+"""Settings from the environment and flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from sam2_server.cli import _parser
+from sam2_server.config import Settings, split_model_ids
+
+
+def test_speed_settings_from_env():
+    settings = Settings.from_env(
+        {
+            "CACHE_BYTES": "0",
+            "PRECISION": "BF16",
+            "COMPILE_ENCODER": "yes",
+            "ENCODE_BATCH_SIZE": "4",
+            "ENCODE_BATCH_WAIT_MS": "2.5",
+        }
+    )
+    assert settings.cache_bytes == 0
+    assert settings.precision == "bf16"
+    assert settings.compile_encoder is True
+    assert (settings.encode_batch_size, settings.encode_batch_wait_ms) == (4, 2.5)
+    defaults = Settings.from_env({})
+    assert defaults.cache_bytes is None
+    assert defaults.precision == "auto"
+    assert defaults.encode_batch_size is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PORT": "eighty"},
+        {"PRECISION": "fp8"},
+        {"COMPILE_ENCODER": "maybe"},
+        {"ENCODE_BATCH_WAIT_MS": "soon"},
+        {"MAX_REQUEST_BYTES": "0"},
+        {"CACHE_BYTES": "-1"},
+    ],
+)
+def test_bad_values_stop_with_the_variable_named(env):
+    name = next(iter(env))
+    with pytest.raises(SystemExit, match=name):
+        Settings.from_env(env)
+
+
+def test_flags_override_env():
+    args = _parser().parse_args(["serve", "--port", "9001", "--model-id", "a,b"])
+    settings = Settings.from_env({"PORT": "8000", "MODEL_ID": "c"}).with_(
+        port=args.port, model_ids=split_model_ids(args.model_id), host=args.host
+    )
+    assert settings.port == 9001
+    assert settings.model_ids == ("a", "b")
+    assert settings.host == "0.0.0.0"
