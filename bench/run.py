@@ -196,6 +196,8 @@ def measure(server: Server, images: Images, clicks: int, colds: int) -> dict:
         ]
     result["cold_s"] = statistics.median(cold)
     result["click_s"] = statistics.median(click)
+    result["cold_samples_s"] = cold
+    result["click_samples_s"] = click
     with health_probe(server.url) as health:
         result["concurrent_distinct_wall_s"], lat = concurrently(
             server.url, [images.new() for _ in range(4)]
