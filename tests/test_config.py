@@ -53,3 +53,19 @@ def test_flags_override_env():
     assert settings.port == 9001
     assert settings.model_ids == ("a", "b")
     assert settings.host == "0.0.0.0"
+
+
+def test_download_without_hub_fails_with_one_clear_line(capsys):
+    from sam2_server.cli import main
+
+    assert main(["download", "facebook/sam2-hiera-large"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sam2-server: model 'facebook/sam2-hiera-large'")
+    assert "HF_HUB_OFFLINE" in err[-1]
+
+
+def test_download_of_an_unknown_id_names_the_known_ones(capsys):
+    from sam2_server.cli import main
+
+    assert main(["download", "someone/model"]) == 1
+    assert "facebook/sam2.1-hiera-tiny" in capsys.readouterr().err
