@@ -33,11 +33,10 @@ class Batcher(Generic[In, Out]):
         self._run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._queue: queue.Queue[tuple[In, Future[Out]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[In, Future[Out]]] = queue.Queue()
+        self.batches = 0  # forwards run, for stats and tests
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
-        self.batches = 0  # forwards run, for stats and tests
-        self.items = 0
 
     def submit(self, item: In) -> Future[Out]:
         future: Future[Out] = Future()
@@ -46,10 +45,6 @@ class Batcher(Generic[In, Out]):
 
     def __call__(self, item: In) -> Out:
         return self.submit(item).result()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
 
     def _collect(self, first: tuple[In, Future[Out]]) -> list[tuple[In, Future[Out]]]:
         batch = [first]
@@ -64,17 +59,12 @@ class Batcher(Generic[In, Out]):
                 )
             except queue.Empty:
                 break
-            if nxt is None:  # close() while collecting: finish this batch, then stop
-                self._queue.put(None)
-                break
             batch.append(nxt)
         return batch
 
     def _loop(self) -> None:
         while True:
             first = self._queue.get()
-            if first is None:
-                return
             batch = self._collect(first)
             live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
             if not live:
@@ -86,6 +76,5 @@ class Batcher(Generic[In, Out]):
                     fut.set_exception(exc)
                 continue
             self.batches += 1
-            self.items += len(live)
             for (_, fut), result in zip(live, results, strict=True):
                 fut.set_result(result)

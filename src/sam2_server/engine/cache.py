@@ -98,11 +98,6 @@ class EmbeddingCache(Generic[V]):
             self._bytes -= evicted.nbytes
             self._evictions += 1
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(

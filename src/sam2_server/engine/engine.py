@@ -257,7 +257,17 @@ class Engine:
     def segment(
         self, model_id: str, image_bytes: bytes, prompt: Prompt, timings: Timings | None = None
     ) -> Prediction:
-        return self.decode(self.embed(model_id, image_bytes, timings), prompt, timings)
+        timings = timings if timings is not None else Timings()
+        result = self.decode(self.embed(model_id, image_bytes, timings), prompt, timings)
+        logger.debug(
+            "segment on %s: %s, image decode %.3f s, encoder %.3f s, prompt decode %.3f s",
+            model_id,
+            "cache hit" if timings.cache_hit else "encoded",
+            timings.decode_image_s,
+            timings.encode_s,
+            timings.decode_s,
+        )
+        return result
 
     # -- support ---------------------------------------------------------------------------
 
