@@ -62,11 +62,14 @@ def encode_livepeer(prediction: Prediction) -> bytes:
     The nested lists contain only digits, signs, dots, `e`, commas and brackets,
     so they can be placed inside JSON strings without escaping.
     """
-    pieces: list[bytes | memoryview] = [b'{"masks":"']
-    _write(np.ascontiguousarray(prediction.masks, dtype=np.float32), pieces)
-    pieces.append(b'","scores":"')
-    _write(np.ascontiguousarray(prediction.scores, dtype=np.float32), pieces)
-    pieces.append(b'","logits":"')
-    _write(np.ascontiguousarray(prediction.logits, dtype=np.float32), pieces)
+    fields = (
+        (b"masks", prediction.masks),
+        (b"scores", prediction.scores),
+        (b"logits", prediction.logits),
+    )
+    pieces: list[bytes | memoryview] = []
+    for name, array in fields:
+        pieces += [b'","' if pieces else b'{"', name, b'":"']
+        _write(np.ascontiguousarray(array, dtype=np.float32), pieces)
     pieces.append(b'"}')
     return b"".join(pieces)
