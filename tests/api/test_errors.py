@@ -181,6 +181,11 @@ def test_array_field_not_json(client, field, value):
     assert_error(response, 400, f"Error parsing JSON for {field}: ")
 
 
+def test_absurdly_nested_array(client):
+    response = client.post(PATH, data={"box": "[" * 100_000 + "]" * 100_000}, files={"image": PNG})
+    assert_error(response, 400, "Error parsing JSON for box", "nested too deeply")
+
+
 def test_ragged_array(client):
     response = client.post(
         PATH, data={"point_coords": "[[1, 2], [3]]", "point_labels": "[1, 1]"}, files={"image": PNG}

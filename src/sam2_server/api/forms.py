@@ -32,6 +32,8 @@ def parse_json_array(value: str | None, name: str) -> np.ndarray | None:
         data = json.loads(value)
     except json.JSONDecodeError as exc:
         raise bad_request(f"Error parsing JSON for {name}: {exc}") from None
+    except RecursionError:
+        raise bad_request(f"Error parsing JSON for {name}: nested too deeply") from None
     if not isinstance(data, list):
         raise bad_request(
             f"Error parsing JSON for {name}: expected a JSON array, got {value[:40]!r}"
