@@ -111,6 +111,9 @@ def test_openapi_names_match_the_contract(client):
     for name in ("point_coords", "point_labels", "box", "mask_input"):
         assert body["properties"][name]["type"] == "string"
     assert body["properties"]["return_logits"]["default"] is True
+    image = body["properties"]["image"]
+    assert (image["type"], image["format"]) == ("string", "binary")
+    assert operation["security"] == [{"HTTPBearer": []}]
 
 
 def test_http_layer_never_imports_torch():

@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
     app.state.settings = settings
     app.include_router(build_router(settings.max_field_bytes))
     install_error_handlers(app)
+    _describe_uploads_as_binary(app)
     app.add_middleware(
         RequestGuard,
         auth_token=settings.auth_token,
@@ -52,6 +54,28 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
         max_request_bytes=settings.max_request_bytes,
     )
     return app
+
+
+def _describe_uploads_as_binary(app: FastAPI) -> None:
+    """Write file fields as `format: binary`, as the reference's schema does.
+
+    Recent FastAPI describes uploads with OpenAPI 3.1's `contentMediaType`;
+    code generators built for 3.0 (go-livepeer's oapi-codegen, Speakeasy's
+    SDKs) recognise a file only by `format: binary`.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for component in schema.get("components", {}).get("schemas", {}).values():
+                for prop in component.get("properties", {}).values():
+                    if prop.get("contentMediaType") == "application/octet-stream":
+                        del prop["contentMediaType"]
+                        prop["format"] = "binary"
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _load(segmenter: Segmenter) -> None:
