@@ -40,7 +40,8 @@ class Settings:
     # Decoded image size; a decompression bomb is a small file over this.
     max_image_pixels: int = 40_000_000
     log_level: str = "info"
-    # Embedding cache bound; None: 1 GiB on CPU/MPS, 4 GiB on CUDA. 0 disables the cache.
+    # Embedding cache bound; None: 1 GiB on CPU/MPS, on CUDA a quarter of the GPU's memory
+    # up to 4 GiB. 0 disables the cache.
     cache_bytes: int | None = None
     # "auto": bf16 autocast + TF32 on CUDA, exact fp32 elsewhere; or "fp32" / "bf16".
     precision: str = "auto"

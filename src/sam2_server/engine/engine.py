@@ -106,7 +106,7 @@ class Engine:
         self.bf16 = precision == "bf16" or (precision == "auto" and on_cuda)
         cache_bytes = settings.cache_bytes
         if cache_bytes is None:
-            cache_bytes = 4 * GIB if on_cuda else 1 * GIB
+            cache_bytes = _default_cache_bytes(self.device)
         self.cache: EmbeddingCache[Embedding] = EmbeddingCache(cache_bytes)
         batch = settings.encode_batch_size
         self.encode_batch_size = batch if batch is not None else (8 if on_cuda else 1)
@@ -305,6 +305,15 @@ class Engine:
             "encode_batches": sum(b.batches for b in batches) if batches else None,
             "cache": asdict(self.cache.stats()),
         }
+
+
+def _default_cache_bytes(device: torch.device) -> int:
+    """1 GiB of host memory; on a GPU a quarter of its memory, at most 4 GiB, so the
+    cache never starves inference on a small card."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return min(4 * GIB, total // 4)
+    return 1 * GIB
 
 
 def _embedding_from(
