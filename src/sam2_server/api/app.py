@@ -81,5 +81,5 @@ def _describe_uploads_as_binary(app: FastAPI) -> None:
 def _load(segmenter: Segmenter) -> None:
     try:
         segmenter.load()
-    except Exception:  # the segmenter recorded it; /health now says ERROR
-        logger.exception("could not load the model; /health reports ERROR")
+    except Exception:  # the segmenter logged and recorded why; /health now says ERROR
+        logger.warning("no model loaded; /health reports ERROR and requests get 503")

@@ -38,6 +38,7 @@ from sam2_server.engine.batching import Batcher
 from sam2_server.engine.cache import EmbeddingCache
 from sam2_server.engine.images import decode_image
 from sam2_server.engine.models import (
+    ModelNotFoundError,
     ModelSpec,
     build_model,
     fetch_checkpoint,
@@ -142,7 +143,10 @@ class Engine:
         except Exception as exc:
             self.error = str(exc) or type(exc).__name__
             self._status = Status.ERROR
-            logger.error("model loading failed: %s", self.error)
+            if isinstance(exc, ModelNotFoundError):  # the message says it all: one line
+                logger.error("model loading failed: %s", self.error)
+            else:
+                logger.exception("model loading failed: %s", self.error)
             raise
         self._status = Status.OK
 
