@@ -88,7 +88,7 @@ class LoadedModel:
 
 @dataclass
 class Timings:
-    """Where one request's time went; for the benchmark and the latency note."""
+    """Where one request's time went: logged at debug level, and read by measurement scripts."""
 
     decode_image_s: float = 0.0
     encode_s: float = 0.0
