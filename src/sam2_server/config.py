@@ -7,6 +7,7 @@ unchanged; CLI flags override them (see `cli.py`).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -17,6 +18,9 @@ _T = TypeVar("_T")
 DEFAULT_MODEL_ID = "facebook/sam2-hiera-large"  # the Livepeer network's default
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,39 @@ class Settings:
     encode_batch_size: int | None = None
     encode_batch_wait_ms: float = 5.0
 
+    # -- limits on work (each a 400 past it, naming the field) --
+    # Points per object: the prompt tokens attend to each other, so cost grows
+    # quadratically (40,000 points took 82 s); a person clicks a few dozen.
+    max_points: int = 256
+    # Objects (boxes, or point lists) per request: each one is a full-resolution answer.
+    max_objects: int = 64
+    # Points over all objects of one request.
+    max_total_points: int = 4096
+    # The answer's estimated size, from image size, candidates and objects, before any work.
+    max_response_bytes: int = 512 * MIB
+
+    # -- bounded memory under concurrency --
+    # Estimated working memory of the requests running at once; None: a quarter
+    # of the machine's memory, at most 8 GiB.
+    work_memory_bytes: int | None = None
+    # Requests waiting for that budget; past it a 503 with Retry-After.
+    max_queue: int = 64
+
+    # -- time --
+    # A request body that sends nothing for this long is dropped (408).
+    body_read_timeout_s: float = 30.0
+    # And one that has not arrived whole after this long.
+    body_total_timeout_s: float = 300.0
+    # On SIGTERM: stop accepting, let work in flight finish for at most this long.
+    drain_timeout_s: float = 30.0
+
+    # -- models --
+    # Exit (non-zero) when a model fails to load, for orchestrators that restart.
+    exit_on_load_error: bool = False
+    # Loaded models' weights; past it the least recently used model is unloaded.
+    # None: 8 GiB (every SAM2 size fits at once, fp32 large is ~0.9 GB).
+    model_memory_bytes: int | None = None
+
     @property
     def default_model_id(self) -> str:
         return self.model_ids[0]
@@ -63,23 +100,56 @@ class Settings:
         env = os.environ if env is None else env
         base = cls()
         model_ids = _split_ids(env.get("MODEL_ID", "")) or base.model_ids
+        auth_token = env.get("AUTH_TOKEN")
+        if auth_token is not None and auth_token.strip() == "":
+            # An empty token must not silently mean "no auth": the operator meant one.
+            raise SystemExit(
+                "AUTH_TOKEN is set but empty; set a token, or unset AUTH_TOKEN to run without auth"
+            )
         return cls(
             model_ids=model_ids,
             model_config=env.get("MODEL_CONFIG") or None,
             device=env.get("DEVICE") or None,
-            auth_token=env.get("AUTH_TOKEN") or None,
+            auth_token=auth_token.strip() if auth_token else None,
             host=env.get("HOST", base.host),
             port=_int(env, "PORT", base.port),
             max_request_bytes=_int(env, "MAX_REQUEST_BYTES", base.max_request_bytes),
             max_field_bytes=_int(env, "MAX_FIELD_BYTES", base.max_field_bytes),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", base.max_image_pixels),
-            log_level=env.get("LOG_LEVEL", base.log_level).lower(),
+            log_level=_choice(env, "LOG_LEVEL", LOG_LEVELS, base.log_level),
             cache_bytes=_int(env, "CACHE_BYTES", None, allow_zero=True),
             precision=_choice(env, "PRECISION", ("auto", "fp32", "bf16"), base.precision),
             compile_encoder=_bool(env, "COMPILE_ENCODER", base.compile_encoder),
             encode_batch_size=_int(env, "ENCODE_BATCH_SIZE", None),
             encode_batch_wait_ms=_float(env, "ENCODE_BATCH_WAIT_MS", base.encode_batch_wait_ms),
+            max_points=_int(env, "MAX_POINTS", base.max_points),
+            max_objects=_int(env, "MAX_OBJECTS", base.max_objects),
+            max_total_points=_int(env, "MAX_TOTAL_POINTS", base.max_total_points),
+            max_response_bytes=_int(env, "MAX_RESPONSE_BYTES", base.max_response_bytes),
+            work_memory_bytes=_int(env, "WORK_MEMORY_BYTES", None),
+            max_queue=_int(env, "MAX_QUEUE", base.max_queue, allow_zero=True),
+            body_read_timeout_s=_float(
+                env, "BODY_READ_TIMEOUT", base.body_read_timeout_s, positive=True
+            ),
+            body_total_timeout_s=_float(
+                env, "BODY_TOTAL_TIMEOUT", base.body_total_timeout_s, positive=True
+            ),
+            drain_timeout_s=_float(env, "DRAIN_TIMEOUT", base.drain_timeout_s),
+            exit_on_load_error=_bool(env, "EXIT_ON_LOAD_ERROR", base.exit_on_load_error),
+            model_memory_bytes=_int(env, "MODEL_MEMORY_BYTES", None),
         )
+
+    def validate(self) -> Settings:
+        """Check values that may also come from flags; a bad one is a one-line exit."""
+        if self.log_level not in LOG_LEVELS:
+            raise SystemExit(
+                f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        if not 0 < self.port < 65536:
+            raise SystemExit(f"port must be between 1 and 65535, got {self.port}")
+        if not self.model_ids:
+            raise SystemExit("no model to serve: MODEL_ID (or --model-id) is empty")
+        return self
 
 
 def _split_ids(value: str) -> tuple[str, ...]:
@@ -106,7 +176,7 @@ def _int(env: Mapping[str, str], name: str, default: _T, *, allow_zero: bool = F
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
     raw = (env.get(name) or "").strip()
     if raw == "":
         return default
@@ -114,8 +184,10 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise SystemExit(f"{name} must not be negative, got {value}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise SystemExit(
+            f"{name} must be a {'positive' if positive else 'non-negative'} number, got {raw!r}"
+        )
     return value
 
 
@@ -131,7 +203,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = (env.get(name) or default).strip().lower()
+    raw = (env.get(name) or "").strip().lower() or default
     if raw not in choices:
         raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw

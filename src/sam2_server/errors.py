@@ -25,3 +25,11 @@ def bad_request(message: str) -> ServiceError:
 # The reference's messages, kept verbatim: clients and dashboards match on them.
 PIPELINE_ERROR = "Segment-anything-2 pipeline error."
 OOM_ERROR = "Out of memory error. Try reducing input image resolution."
+
+
+class Cancelled(Exception):
+    """The client went away before this work started; nobody is waiting for its answer."""
+
+
+class ConfigError(Exception):
+    """A setting the server cannot run with; the message is one line for the operator."""
