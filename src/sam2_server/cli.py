@@ -2,17 +2,22 @@
 
 Flags override the environment (`MODEL_ID`, `AUTH_TOKEN`, `PORT`, ... as in
 Livepeer's runner), which overrides the defaults; `config.Settings` holds the
-result.
+result. A bad setting is one line on stderr and exit status 2, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from sam2_server import __version__
 from sam2_server.config import Settings, split_model_ids
+from sam2_server.errors import ConfigError
+
+logger = logging.getLogger("sam2_server")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--device", help="torch device, e.g. cuda:1 or cpu (env DEVICE)")
     serve.add_argument("--log-level", help="debug, info, warning, error (env LOG_LEVEL)")
+    serve.add_argument(
+        "--exit-on-load-error",
+        action="store_true",
+        default=None,
+        help="exit (status 1) when a model fails to load, for orchestrators that restart "
+        "(env EXIT_ON_LOAD_ERROR)",
+    )
 
     download = commands.add_parser(
         "download", help="fetch a model's weights into the Hugging Face cache"
@@ -47,37 +59,75 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "download":
         return _download(args.model_id)
-    settings = Settings.from_env().with_(
-        host=args.host,
-        port=args.port,
-        model_ids=split_model_ids(args.model_id),
-        model_config=args.model_config,
-        device=args.device,
-        log_level=args.log_level,
-    )
+    try:
+        settings = (
+            Settings.from_env()
+            .with_(
+                host=args.host,
+                port=args.port,
+                model_ids=split_model_ids(args.model_id),
+                model_config=args.model_config,
+                device=args.device,
+                log_level=args.log_level.lower() if args.log_level else None,
+                exit_on_load_error=args.exit_on_load_error,
+            )
+            .validate()
+        )
+    except SystemExit as exc:  # config.py's one-line refusals
+        if isinstance(exc.code, str):
+            print(f"sam2-server: {exc.code}", file=sys.stderr)
+            return 2
+        raise
     return serve(settings)
 
 
 def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status (the process then ends at once)."""
     import uvicorn
 
     from sam2_server.api import create_app
-    from sam2_server.engine import Engine
+    from sam2_server.serving import DrainingServer
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings, Engine(settings))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
-    return 0
+    try:
+        from sam2_server.engine import Engine
+
+        engine = Engine(settings)
+    except ConfigError as exc:
+        print(f"sam2-server: {exc}", file=sys.stderr)
+        return 2
+    if settings.auth_token is None:
+        logger.warning(
+            "auth is off: AUTH_TOKEN is not set, so anyone who can reach port %d can use "
+            "this server",
+            settings.port,
+        )
+    config = uvicorn.Config(
+        create_app(settings, engine),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # sam2_server.access logs one structured line per request
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+    )
+    server = DrainingServer(config, drain_timeout_s=settings.drain_timeout_s)
+    if settings.exit_on_load_error:
+        engine.on_load_error = server.fail
+    server.run()
+    # Worker threads may still be computing for requests the drain gave up on;
+    # they must not keep the process alive (asyncio would join them).
+    logging.shutdown()
+    os._exit(server.exit_code)
 
 
 def _download(model_id: str) -> int:
-    from sam2_server.engine.models import ModelNotFoundError, download
+    from sam2_server.engine.models import ModelLoadError, download
 
     try:
         path = download(model_id)
-    except ModelNotFoundError as exc:
+    except ModelLoadError as exc:
         print(f"sam2-server: {exc}", file=sys.stderr)
         return 1
     print(path)

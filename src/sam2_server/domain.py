@@ -79,3 +79,17 @@ def sort_best_first(masks: np.ndarray, scores: np.ndarray, logits: np.ndarray) -
         np.ascontiguousarray(scores[rows, order]),
         np.ascontiguousarray(logits[rows, order]),
     )
+
+
+@dataclass
+class Timings:
+    """Where one request's time went, filled in by the engine as it works.
+
+    Mutable on purpose: the HTTP layer passes one in and reads it back for its
+    metrics and log line, without knowing anything about the engine.
+    """
+
+    decode_image_s: float = 0.0
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    cache_hit: bool = True

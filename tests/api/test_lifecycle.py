@@ -13,6 +13,7 @@ from sam2_server import __version__
 from sam2_server.api import create_app
 from sam2_server.config import Settings
 from sam2_server.domain import Prediction, Prompt
+from sam2_server.errors import ServiceError
 from tests.api.test_errors import PNG, assert_error
 
 
@@ -34,7 +35,18 @@ class SlowLoader:
             raise RuntimeError(self.error)
         self.status = "OK"
 
-    def segment(self, model_id: str, image_bytes: bytes, prompt: Prompt) -> Prediction:
+    def unavailable(self) -> dict[str, str]:
+        return {"m": self.error} if self.error else {}
+
+    def image_size(self, image_bytes: bytes) -> tuple[int, int]:
+        return (2, 2)
+
+    def stats(self) -> dict:
+        return {}
+
+    def segment(self, model_id: str, image_bytes: bytes, prompt: Prompt, **_) -> Prediction:
+        if self.error:
+            raise ServiceError(503, f"{model_id} is unavailable: {self.error}")
         ones = np.ones((3, 2, 2), np.float32)
         return Prediction(ones, np.array([0.9, 0.5, 0.1], np.float32), ones)
 
@@ -64,6 +76,10 @@ def test_health_error_when_loading_fails():
     segmenter.release.set()
     with TestClient(create_app(Settings(), segmenter)) as client:
         wait_for(client, "ERROR")
+        assert client.get("/health").json() == {
+            "status": "ERROR",
+            "unavailable": {"m": "weights not found"},
+        }
         response = client.post("/segment-anything-2", files={"image": PNG})
         assert_error(response, 503, "weights not found")
 

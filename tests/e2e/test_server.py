@@ -206,3 +206,84 @@ def test_health_answers_fast_during_inference(server):
     assert len(finished) == 3
     assert len(latencies) >= 10, "inference ended before health was polled"
     assert max(latencies) < 1.0, f"slowest /health took {max(latencies):.2f} s"
+
+
+def test_health_answers_fast_while_a_large_answer_is_streamed(server):
+    """cars.jpg with logits is a ~120 MB answer, written in chunks off the event loop."""
+    data = image_bytes("cars.jpg")
+    sizes: list[int] = []
+
+    def segment() -> None:
+        with httpx.stream(
+            "POST",
+            server.url + "/segment-anything-2",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            data={"point_coords": "[[900, 600]]", "point_labels": "[1]"},
+            files={"image": ("cars.jpg", data, "image/jpeg")},
+            timeout=300,
+        ) as response:
+            assert response.status_code == 200
+            assert "content-length" not in response.headers  # streamed
+            total = 0
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                time.sleep(0.001)  # a client reading at its own pace
+            sizes.append(total)
+
+    worker = threading.Thread(target=segment)
+    worker.start()
+    latencies = []
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        while worker.is_alive() and len(latencies) < 2000:
+            started = time.monotonic()
+            assert client.get("/health").json() == {"status": "OK"}
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.02)
+    worker.join()
+    assert sizes
+    assert sizes[0] > 100_000_000
+    assert max(latencies) < 1.0, f"slowest /health took {max(latencies):.2f} s"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_mask_input_as_a_file(server, tmp_path):
+    first = httpx.post(
+        server.url + "/segment-anything-2",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        data={"point_coords": "[[120, 100]]", "point_labels": "[1]", "return_logits": "false"},
+        files={"image": ("g.jpg", image_bytes("groceries.jpg"), "image/jpeg")},
+        timeout=120,
+    ).json()
+    logits = json.loads(first["logits"])[:1]
+    path = tmp_path / "logits.json"
+    path.write_text(json.dumps(logits))
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            server.url + "/segment-anything-2",
+            "-H",
+            f"Authorization: Bearer {TOKEN}",
+            "-F",
+            "point_coords=[[120,100]]",
+            "-F",
+            "point_labels=[1]",
+            "-F",
+            "return_logits=false",
+            "-F",
+            f"mask_input=@{path}",
+            "-F",
+            f"image=@{DATA / 'groceries.jpg'}",
+            "-w",
+            "\n%{http_code}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    body, _, code = out.stdout.rpartition("\n")
+    assert code == "200", body[:300]
+    assert np.array(json.loads(json.loads(body)["masks"])).shape == (3, 534, 800)

@@ -8,6 +8,7 @@ second) and flips to `OK` or `ERROR` when loading ends.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,11 +17,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from sam2_server import __version__
+from sam2_server.api.admission import Admission
 from sam2_server.api.errors import install_error_handlers
 from sam2_server.api.guard import RequestGuard
-from sam2_server.api.routes import SEGMENT_PATH, build_router
+from sam2_server.api.observe import Metrics, Observer
+from sam2_server.api.routes import ARRAY_FIELDS, OPS_PATHS, ROUTES, SEGMENT_PATH, build_router
 from sam2_server.api.service import Segmenter
-from sam2_server.config import Settings
+from sam2_server.config import GIB, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +45,38 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
         version=__version__,
         lifespan=lifespan,
     )
+    admission = Admission(work_budget(settings), settings.max_queue)
+    metrics = Metrics()
+    metrics.watch(segmenter.stats)
     app.state.segmenter = segmenter
     app.state.settings = settings
-    app.include_router(build_router(settings.max_field_bytes))
+    app.state.admission = admission
+    app.state.metrics = metrics
+    app.include_router(build_router(settings, admission, metrics))
     install_error_handlers(app)
     _describe_uploads_as_binary(app)
+    # Added last = outermost: the observer sees the guard's answers too.
     app.add_middleware(
         RequestGuard,
         auth_token=settings.auth_token,
-        protected_paths=(SEGMENT_PATH,),
+        protected_paths=(SEGMENT_PATH, *OPS_PATHS),
         max_request_bytes=settings.max_request_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+        total_timeout_s=settings.body_total_timeout_s,
     )
+    app.add_middleware(Observer, metrics=metrics, routes=ROUTES)
     return app
+
+
+def work_budget(settings: Settings) -> int:
+    """WORK_MEMORY_BYTES, or a quarter of the machine's memory, at most 8 GiB."""
+    if settings.work_memory_bytes is not None:
+        return settings.work_memory_bytes
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every platform has these names
+        total = 16 * GIB
+    return min(8 * GIB, total // 4)
 
 
 def _describe_uploads_as_binary(app: FastAPI) -> None:
@@ -61,7 +84,8 @@ def _describe_uploads_as_binary(app: FastAPI) -> None:
 
     Recent FastAPI describes uploads with OpenAPI 3.1's `contentMediaType`;
     code generators built for 3.0 (go-livepeer's oapi-codegen, Speakeasy's
-    SDKs) recognise a file only by `format: binary`.
+    SDKs) recognise a file only by `format: binary`. The array fields, which
+    also accept a file part, are described as the reference's plain strings.
     """
     generate = app.openapi
 
@@ -69,8 +93,14 @@ def _describe_uploads_as_binary(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = generate()
             for component in schema.get("components", {}).get("schemas", {}).values():
-                for prop in component.get("properties", {}).values():
-                    if prop.get("contentMediaType") == "application/octet-stream":
+                properties = component.get("properties", {})
+                for name, prop in properties.items():
+                    if name in ARRAY_FIELDS and "anyOf" in prop:
+                        properties[name] = {
+                            "type": "string",
+                            **{k: v for k, v in prop.items() if k in ("title", "description")},
+                        }
+                    elif prop.get("contentMediaType") == "application/octet-stream":
                         del prop["contentMediaType"]
                         prop["format"] = "binary"
         return app.openapi_schema  # type: ignore[return-value]

@@ -7,14 +7,19 @@ breaks the go-livepeer client); 422 keeps FastAPI's validation shape.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from sam2_server.api.guard import error_body
-from sam2_server.errors import PIPELINE_ERROR, ServiceError
+from sam2_server.errors import PIPELINE_ERROR, Cancelled, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,30 @@ def _is_field_too_large(exc: StarletteHTTPException) -> bool:
     return isinstance(cause, MultiPartException) and "exceeded maximum size" in cause.message
 
 
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 shape, but an upload sent where text was expected is described,
+    not dumped (its repr names the server's temporary file)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [_describe_input(error) for error in exc.errors()]
+    return Response(
+        orjson.dumps({"detail": jsonable_encoder(errors)}), 422, media_type="application/json"
+    )
+
+
+def _describe_input(error: Any) -> Any:
+    if not isinstance(error, dict):
+        return error
+    value = error.get("input")
+    if isinstance(value, StarletteUpload):
+        return {**error, "input": f"<file {value.filename or ''!r}, {value.size} bytes>"}
+    return error
+
+
+async def _cancelled(request: Request, exc: Exception) -> Response:
+    """The client left before its work started: nobody will read this answer."""
+    return Response(status_code=499)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("%s %s failed", request.method, request.url.path)
     return json_error(500, PIPELINE_ERROR)
@@ -56,5 +85,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Cancelled, _cancelled)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(Exception, _unexpected)

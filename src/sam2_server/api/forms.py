@@ -8,6 +8,7 @@ succeeds on the wrong shape. Here every shape is checked before inference.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,25 @@ from sam2_server.domain import Prompt
 from sam2_server.errors import bad_request
 
 MASK_SHAPE = (1, 256, 256)
+
+# The largest magnitude each field may hold. Anything past float32's range
+# silently became inf and then `null` in every answer. Coordinates are further
+# multiplied by up to 1024 inside SAM2 (and by the image size when not
+# normalized), so they get a bound far past any image side but safe after that;
+# mask logits come back from SAM2 clamped to +-32 and a larger input only
+# overflows the mask encoder.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_COORDINATE = 1e9
+MAX_MASK_LOGIT = 1e6
+
+
+@dataclass(frozen=True)
+class PromptLimits:
+    """Bounds on the work one prompt can ask for (see config.Settings)."""
+
+    max_points: int = 256  # per object
+    max_objects: int = 64  # boxes or point lists
+    max_total_points: int = 4096  # over all objects
 
 
 def parse_json_array(value: str | None, name: str) -> np.ndarray | None:
@@ -52,6 +72,10 @@ def parse_json_array(value: str | None, name: str) -> np.ndarray | None:
         ) from None
     if not np.isfinite(array).all():
         raise bad_request(f"{name} must contain only finite numbers (no NaN or Infinity).")
+    if array.size and float(np.abs(array).max()) > FLOAT32_MAX:
+        raise bad_request(
+            f"{name} holds a number too large for float32 (|x| > 3.4e38), which SAM2 computes in."
+        )
     return array
 
 
@@ -80,8 +104,10 @@ def build_prompt(
     multimask_output: bool,
     return_logits: bool,
     normalize_coords: bool,
+    limits: PromptLimits | None = None,
 ) -> Prompt:
-    """Parse every array field, then check the shapes against each other."""
+    """Parse every array field, then check the shapes against each other and the limits."""
+    limits = limits or PromptLimits()
     coords = parse_json_array(point_coords, "point_coords")
     labels = parse_json_array(point_labels, "point_labels")
     boxes = parse_json_array(box, "box")
@@ -92,6 +118,10 @@ def build_prompt(
         coords, labels = _check_points(coords, labels, num_boxes)
     if mask is not None:
         mask = _check_mask(mask, coords, num_boxes)
+    _check_work(coords, num_boxes, limits)
+    _check_magnitude(coords, "point_coords", MAX_COORDINATE)
+    _check_magnitude(boxes, "box", MAX_COORDINATE)
+    _check_magnitude(mask, "mask_input", MAX_MASK_LOGIT)
 
     return Prompt(
         point_coords=coords,
@@ -164,3 +194,37 @@ def _check_mask(mask: np.ndarray, coords: np.ndarray | None, num_boxes: int) -> 
     if objects > 1:
         raise bad_request("mask_input can only be combined with a single object (one box).")
     return mask.astype(np.float32)
+
+
+def _check_work(coords: np.ndarray | None, num_boxes: int, limits: PromptLimits) -> None:
+    """Objects and points cost memory and time far beyond their bytes: bound them.
+
+    Each object is a full-resolution answer (1000 boxes on a small image grew
+    the process past 20 GB), and points attend to each other (quadratic).
+    """
+    objects = max(num_boxes, coords.shape[0] if coords is not None and coords.ndim == 3 else 1)
+    if objects > limits.max_objects:
+        field = "box" if num_boxes >= objects else "point_coords"
+        raise bad_request(
+            f"{field} asks for {objects} objects; this server segments at most "
+            f"{limits.max_objects} objects per request (MAX_OBJECTS): split the request."
+        )
+    if coords is None:
+        return
+    per_object = coords.shape[-2]
+    if per_object > limits.max_points:
+        raise bad_request(
+            f"point_coords has {per_object} points per object; this server takes at most "
+            f"{limits.max_points} (MAX_POINTS)."
+        )
+    total = per_object * (coords.shape[0] if coords.ndim == 3 else 1)
+    if total > limits.max_total_points:
+        raise bad_request(
+            f"point_coords has {total} points over all objects; this server takes at most "
+            f"{limits.max_total_points} per request (MAX_TOTAL_POINTS): split the request."
+        )
+
+
+def _check_magnitude(array: np.ndarray | None, name: str, bound: float) -> None:
+    if array is not None and array.size and float(np.abs(array).max()) > bound:
+        raise bad_request(f"{name} values must lie within +-{bound:g}.")

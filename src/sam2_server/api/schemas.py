@@ -33,6 +33,9 @@ class HealthCheck(BaseModel):
     status: Literal["OK", "ERROR", "IDLE", "LOADING"] = Field(
         "OK", description="The health status of the pipeline."
     )
+    unavailable: dict[str, str] | None = Field(
+        None, description="Models that failed to load, with the reason; absent when none."
+    )
 
 
 class VersionResponse(BaseModel):

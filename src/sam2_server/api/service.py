@@ -6,9 +6,10 @@ the HTTP layer never imports torch and tests can see the boundary hold.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, BinaryIO, Protocol
 
-from sam2_server.domain import Prediction, Prompt
+from sam2_server.domain import Prediction, Prompt, Timings
 
 
 class Segmenter(Protocol):
@@ -29,7 +30,27 @@ class Segmenter(Protocol):
         """Load the served models (blocking); called once, off the event loop."""
         ...
 
-    def segment(self, model_id: str, image_bytes: bytes, prompt: Prompt) -> Prediction: ...
+    def unavailable(self) -> dict[str, str]:
+        """Models that cannot be served now, with a one-line reason each."""
+        ...
+
+    def image_size(self, image: bytes | BinaryIO) -> tuple[int, int]:
+        """(width, height) from the image header, without decoding pixels; 400 if unreadable.
+
+        `image` may be a seekable file: the upload, before it is read into memory.
+        """
+        ...
+
+    def segment(
+        self,
+        model_id: str,
+        image_bytes: bytes,
+        prompt: Prompt,
+        timings: Timings | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Prediction:
+        """Raises `Cancelled` when `cancelled()` says the client left before work started."""
+        ...
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready counters (cache hits and misses, images encoded) for GET /stats."""

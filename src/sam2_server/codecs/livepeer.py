@@ -10,6 +10,8 @@ tens of times faster than building Python lists.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import orjson
 
@@ -30,46 +32,72 @@ def encode_array(array: np.ndarray) -> bytes:
     Non-finite values have no JSON spelling; SAM2 does not produce them, and
     they would come out as `null`.
     """
-    pieces: list[bytes | memoryview] = []
-    _write(np.ascontiguousarray(array, dtype=np.float32), pieces)
-    return b"".join(pieces)
+    return b"".join(_write(np.ascontiguousarray(array, dtype=np.float32)))
 
 
-def _write(array: np.ndarray, pieces: list[bytes | memoryview]) -> None:
+def _write(array: np.ndarray) -> Iterator[bytes | memoryview]:
+    """The array's text in pieces of at most about `_SLICE` numbers each."""
     if array.size <= _SLICE or array.ndim < 2:
-        pieces.append(orjson.dumps(array, option=_NUMPY))
+        yield orjson.dumps(array, option=_NUMPY)
         return
-    pieces.append(b"[")
+    yield b"["
     if array[0].size > _SLICE:
         for i, part in enumerate(array):
             if i:
-                pieces.append(b",")
-            _write(part, pieces)
+                yield b","
+            yield from _write(part)
     else:
         rows = _SLICE // array[0].size
         for i in range(0, len(array), rows):
             if i:
-                pieces.append(b",")
+                yield b","
             # A slice is written as a list of rows; without its outer brackets
             # (a view, not a copy) it joins into the enclosing list.
-            pieces.append(memoryview(orjson.dumps(array[i : i + rows], option=_NUMPY))[1:-1])
-    pieces.append(b"]")
+            yield memoryview(orjson.dumps(array[i : i + rows], option=_NUMPY))[1:-1]
+    yield b"]"
 
 
-def encode_livepeer(prediction: Prediction) -> bytes:
-    """The whole response body, joined once.
+def iter_livepeer(prediction: Prediction, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """The response body in chunks of about `chunk_bytes`, for streaming.
 
-    The nested lists contain only digits, signs, dots, `e`, commas and brackets,
-    so they can be placed inside JSON strings without escaping.
+    A large answer (a 6000x6000 image with logits is over a gigabyte of text)
+    never exists whole in memory: at most one chunk plus one slice of text.
+    The nested lists contain only digits, signs, dots, `e`, commas and
+    brackets, so they can be placed inside JSON strings without escaping.
     """
     fields = (
         (b"masks", prediction.masks),
         (b"scores", prediction.scores),
         (b"logits", prediction.logits),
     )
-    pieces: list[bytes | memoryview] = []
+    pending: list[bytes | memoryview] = []
+    size = 0
     for name, array in fields:
-        pieces += [b'","' if pieces else b'{"', name, b'":"']
-        _write(np.ascontiguousarray(array, dtype=np.float32), pieces)
-    pieces.append(b'"}')
-    return b"".join(pieces)
+        for piece in (b'","' if name != b"masks" else b'{"', name, b'":"'):
+            pending.append(piece)
+        for piece in _write(np.ascontiguousarray(array, dtype=np.float32)):
+            pending.append(piece)
+            size += len(piece)
+            if size >= chunk_bytes:
+                yield b"".join(pending)
+                pending, size = [], 0
+    pending.append(b'"}')
+    yield b"".join(pending)
+
+
+def encode_livepeer(prediction: Prediction) -> bytes:
+    """The whole response body, joined once (for answers small enough to hold)."""
+    return b"".join(iter_livepeer(prediction, chunk_bytes=1 << 62))
+
+
+def estimate_livepeer_bytes(
+    objects: int, candidates: int, height: int, width: int, *, binary_masks: bool
+) -> int:
+    """The answer's size before any work, from its shape alone.
+
+    Logits print as about 11.5 bytes per number in practice (measured on real
+    answers); 12 is used. Binary masks print `0.0,` or `1.0,`: 4 bytes.
+    """
+    masks = objects * candidates * height * width
+    logits = objects * candidates * 256 * 256
+    return masks * (4 if binary_masks else 12) + logits * 12 + candidates * objects * 12

@@ -12,6 +12,13 @@ lives in an immutable `Embedding`, and every call binds it to its own
 short-lived predictor (a shallow copy sharing the model and transforms).
 The encoder and the decoder are separate modules of the model with separate
 locks, so decoding a cached image never waits for another image's encode.
+
+Which models are in memory is the `ModelRegistry`'s business (see
+registry.py): the default model loads at startup, the others on first use,
+a broken one makes only itself unavailable, and the least recently used are
+unloaded past MODEL_MEMORY_BYTES. A request takes one `LoadedModel` at its
+start and uses it to its end, whatever the registry does meanwhile. Cached
+embeddings outlive their model's unloading: same model id, same weights.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -33,23 +40,27 @@ from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam2_server.config import Settings
-from sam2_server.domain import Prediction, Prompt, sort_best_first
+from sam2_server.domain import Prediction, Prompt, Timings, sort_best_first
 from sam2_server.engine.batching import Batcher
 from sam2_server.engine.cache import EmbeddingCache
-from sam2_server.engine.images import decode_image
+from sam2_server.engine.images import decode_image, probe_image
 from sam2_server.engine.models import (
-    ModelNotFoundError,
+    ModelLoadError,
     ModelSpec,
     build_model,
     fetch_checkpoint,
     resolve_spec,
     select_device,
 )
-from sam2_server.errors import OOM_ERROR, ServiceError
+from sam2_server.engine.registry import ModelRegistry, ModelState, one_line
+from sam2_server.errors import OOM_ERROR, Cancelled, ServiceError
 
 logger = logging.getLogger(__name__)
 
 GIB = 1024**3
+MIB = 1024**2
+
+__all__ = ["Embedding", "Engine", "LoadedModel", "Status", "Timings"]
 
 
 class Status(str, enum.Enum):
@@ -63,7 +74,8 @@ class Embedding:
     """Everything SAM2 needs to decode prompts on one image: the encoder's output.
 
     Read-only once built: several requests may decode from it at once, and the
-    cache may drop it while they do.
+    cache may drop it while they do. It names its model but holds no
+    reference to it, so the cache never keeps an unloaded model alive.
     """
 
     model_id: str
@@ -81,19 +93,30 @@ class Embedding:
 class LoadedModel:
     spec: ModelSpec
     predictor: SAM2ImagePredictor  # a template: copied per call, never given an image
+    nbytes: int  # parameters and buffers: what the model memory budget counts
     encode_lock: threading.Lock = field(default_factory=threading.Lock)
     decode_lock: threading.Lock = field(default_factory=threading.Lock)
-    batcher: Batcher[Image.Image, Embedding] | None = None
 
 
-@dataclass
-class Timings:
-    """Where one request's time went: logged at debug level, and read by measurement scripts."""
+class _EncodeJob:
+    """One image for the batcher, and where its outcome goes.
 
-    decode_image_s: float = 0.0
-    encode_s: float = 0.0
-    decode_s: float = 0.0
-    cache_hit: bool = True
+    The batcher's thread keeps its last batch referenced while it waits for the
+    next, so the caller empties the job once done with it: otherwise an
+    unloaded model (or an evicted embedding) would stay pinned in memory.
+    """
+
+    __slots__ = ("embedding", "error", "image", "loaded", "model_id")
+
+    def __init__(self, loaded: LoadedModel, model_id: str, image: Image.Image) -> None:
+        self.loaded: LoadedModel | None = loaded
+        self.model_id = model_id
+        self.image: Image.Image | None = image
+        self.embedding: Embedding | None = None
+        self.error: BaseException | None = None
+
+    def clear(self) -> None:
+        self.loaded = self.image = self.embedding = self.error = None
 
 
 class Engine:
@@ -111,9 +134,27 @@ class Engine:
         self.cache: EmbeddingCache[Embedding] = EmbeddingCache(cache_bytes)
         batch = settings.encode_batch_size
         self.encode_batch_size = batch if batch is not None else (8 if on_cuda else 1)
-        self._models: dict[str, LoadedModel] = {}
-        self._status = Status.LOADING
-        self.error: str | None = None
+        model_bytes = settings.model_memory_bytes
+        self._registry: ModelRegistry[LoadedModel] = ModelRegistry(
+            settings.model_ids,
+            self._load_one,
+            size_of=lambda loaded: loaded.nbytes,
+            max_bytes=model_bytes if model_bytes is not None else 8 * GIB,
+            describe=_describe_failure,
+            on_loaded=lambda _model_id: self._refresh_error(),
+            on_error=self._load_failed,
+            on_evict=self._unloaded,
+        )
+        # Called with (model id, one-line reason) for every failed load, at
+        # startup or later; the CLI sets it to stop the server when asked to.
+        self.on_load_error: Callable[[str, str], None] | None = None
+        self.error: str | None = None  # the failures in one line, for /health's 503s
+        self._error_lock = threading.Lock()
+        self._started = False  # load() has finished
+        # One batcher per model id, not per load: a batcher's thread never ends,
+        # and jobs carry the model they run on, so an unloaded model is not pinned.
+        self._batchers: dict[str, Batcher[_EncodeJob, _EncodeJob]] = {}
+        self._batchers_lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self.encoded_images = 0
 
@@ -121,7 +162,10 @@ class Engine:
 
     @property
     def status(self) -> str:
-        return self._status.value
+        """LOADING until load() ends; then OK while any served model is loaded or loadable."""
+        if not self._started:
+            return Status.LOADING.value
+        return (Status.ERROR if self._registry.all_failed() else Status.OK).value
 
     @property
     def served_model_ids(self) -> tuple[str, ...]:
@@ -132,23 +176,35 @@ class Engine:
         return self.settings.default_model_id
 
     def load(self) -> None:
-        """Load every served model; status goes to OK, or ERROR with a one-line reason."""
+        """Check that every served model is present, then load the default one.
+
+        Failures are recorded per model (see `unavailable`), logged and passed
+        to `on_load_error`; the others keep serving. Raises only when no
+        served model can be served at all, with the failures as its message.
+        """
         try:
             if self.device.type == "cuda" and self.bf16:
                 # TF32 matmuls: the precision autocast already gives up, for free.
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
-            for model_id in self.settings.model_ids:
-                self._models[model_id] = self._load_one(model_id)
-        except Exception as exc:
-            self.error = str(exc) or type(exc).__name__
-            self._status = Status.ERROR
-            if isinstance(exc, ModelNotFoundError):  # the message says it all: one line
-                logger.error("model loading failed: %s", self.error)
-            else:
-                logger.exception("model loading failed: %s", self.error)
-            raise
-        self._status = Status.OK
+            for model_id in self.served_model_ids:
+                self._registry.check(model_id, self._probe)
+            if self._registry.state(self.default_model_id) is ModelState.NOT_LOADED:
+                with contextlib.suppress(ServiceError):  # recorded by the registry
+                    self._registry.get(self.default_model_id)
+        finally:
+            self._refresh_error()
+            self._started = True
+        if self._registry.all_failed():
+            raise self._total_failure()
+
+    def unavailable(self) -> dict[str, str]:
+        """Served models that failed to load (model id → one-line reason), for /health."""
+        return self._registry.unavailable()
+
+    def _probe(self, model_id: str) -> None:
+        """The cheap part of a load: the config is known and the weights are on disk, intact."""
+        fetch_checkpoint(resolve_spec(model_id, self.settings.model_config))
 
     def _load_one(self, model_id: str) -> LoadedModel:
         started = time.perf_counter()
@@ -160,20 +216,14 @@ class Engine:
             model.image_encoder.forward = torch.compile(
                 model.image_encoder.forward, mode="max-autotune", fullgraph=True, dynamic=False
             )
-        loaded = LoadedModel(spec, SAM2ImagePredictor(model))
-        if self.encode_batch_size > 1:
-            loaded.batcher = Batcher(
-                lambda images: self._encode_batch(loaded, model_id, images),
-                max_batch=self.encode_batch_size,
-                max_wait_s=self.settings.encode_batch_wait_ms / 1000,
-                name=f"encode-{model_id}",
-            )
+        loaded = LoadedModel(spec, SAM2ImagePredictor(model), _weight_bytes(model))
         if self.settings.compile_encoder:
             self._warm_up(loaded, model_id)
         logger.info(
-            "loaded %s (%s) on %s in %.1f s",
+            "loaded %s (%s, %.0f MB) on %s in %.1f s",
             model_id,
             checkpoint,
+            loaded.nbytes / MIB,
             self.device,
             time.perf_counter() - started,
         )
@@ -184,36 +234,143 @@ class Engine:
         image = Image.new("RGB", (64, 64))
         self._encode_one(loaded, model_id, image)
 
-    def _model(self, model_id: str) -> LoadedModel:
-        try:
-            return self._models[model_id]
-        except KeyError:
+    def _load_failed(self, model_id: str, reason: str, exc: BaseException) -> None:
+        """Every failed load or presence check: one log line, /health's summary, the hook."""
+        named = _naming(model_id, reason)
+        if isinstance(exc, ModelLoadError):  # the message says it all: one line
+            logger.error("model loading failed: %s", named)
+        else:
+            logger.error("model loading failed: %s", named, exc_info=exc)
+        self._refresh_error()
+        callback = self.on_load_error
+        if callback is not None:
+            try:
+                callback(model_id, reason)
+            except Exception:
+                logger.exception("on_load_error failed for %s", model_id)
+
+    def _unloaded(self, model_id: str, nbytes: int) -> None:
+        logger.info(
+            "unloaded %s (%.0f MB): loaded models' weights past %.0f MB (MODEL_MEMORY_BYTES)",
+            model_id,
+            nbytes / MIB,
+            self._registry.max_bytes / MIB,
+        )
+        if self.device.type == "cuda":
+            # Returns the memory to the card once no request holds the model any more.
+            torch.cuda.empty_cache()
+
+    def _refresh_error(self) -> None:
+        with self._error_lock:
+            failures = self._registry.unavailable()
+            self.error = "; ".join(_naming(m, r) for m, r in failures.items()) or None
+
+    def _total_failure(self) -> Exception:
+        """What load() raises when nothing can be served: the default model's kind of error."""
+        message = self.error or "no served model could be loaded"
+        kind = self._registry.error_type(self.default_model_id)
+        if kind is not None and issubclass(kind, ModelLoadError):
+            return kind(message)
+        return ModelLoadError(message)
+
+    def _model(self, model_id: str, cancelled: Callable[[], bool] | None = None) -> LoadedModel:
+        """The loaded model for one request, loading it if needed (ServiceError 503 if not)."""
+        if not self._started:
             raise ServiceError(
-                503, f"Model {model_id} is not loaded (status {self.status})."
-            ) from None
+                503,
+                f"{model_id} is unavailable: the server is still loading its models.",
+                headers={"Retry-After": "5"},
+            )
+        before_load = None if cancelled is None else (lambda: _check(cancelled))
+        return self._registry.get(model_id, before_load)
+
+    @property
+    def _models(self) -> dict[str, LoadedModel]:
+        """The models in memory now (read by tests)."""
+        return self._registry.loaded()
 
     # -- the two steps ---------------------------------------------------------------------
 
+    def image_size(self, image: bytes | BinaryIO) -> tuple[int, int]:
+        """(width, height) from the header alone, or ServiceError 400: cheap, before admission.
+
+        `image` may be the bytes or a seekable file (an upload not read into memory yet).
+        """
+        return probe_image(image, max_pixels=self.settings.max_image_pixels)
+
     def embed(self, model_id: str, image_bytes: bytes, timings: Timings | None = None) -> Embedding:
         """The image's embedding: from the cache, or decoded and encoded once."""
-        loaded = self._model(model_id)
+        return self._embed(self._model(model_id), model_id, image_bytes, timings, None)
+
+    def _embed(
+        self,
+        loaded: LoadedModel,
+        model_id: str,
+        image_bytes: bytes,
+        timings: Timings | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> Embedding:
         key = (model_id, hashlib.sha256(image_bytes).hexdigest())
 
         def compute() -> Embedding:
             t0 = time.perf_counter()
             image = decode_image(image_bytes, max_pixels=self.settings.max_image_pixels)
             t1 = time.perf_counter()
-            if loaded.batcher is not None:
-                embedding = loaded.batcher(image)
-            else:
-                embedding = self._encode_one(loaded, model_id, image)
+            embedding = self._encode(loaded, model_id, image)
             if timings is not None:
                 timings.decode_image_s = t1 - t0
                 timings.encode_s = time.perf_counter() - t1
                 timings.cache_hit = False
             return embedding
 
+        # Here and not inside `compute`: a computation other requests wait on
+        # (single-flight) must not be abandoned because its first asker left.
+        _check(cancelled)
         return self.cache.get_or_compute(key, compute)
+
+    def _encode(self, loaded: LoadedModel, model_id: str, image: Image.Image) -> Embedding:
+        if self.encode_batch_size <= 1:
+            return self._encode_one(loaded, model_id, image)
+        job = _EncodeJob(loaded, model_id, image)
+        try:
+            self._batcher(model_id)(job)
+            if job.error is not None:
+                raise job.error
+            assert job.embedding is not None
+            return job.embedding
+        finally:
+            job.clear()
+
+    def _batcher(self, model_id: str) -> Batcher[_EncodeJob, _EncodeJob]:
+        with self._batchers_lock:
+            batcher = self._batchers.get(model_id)
+            if batcher is None:
+                batcher = self._batchers[model_id] = Batcher(
+                    self._run_jobs,
+                    max_batch=self.encode_batch_size,
+                    max_wait_s=self.settings.encode_batch_wait_ms / 1000,
+                    name=f"encode-{model_id}",
+                )
+            return batcher
+
+    def _run_jobs(self, jobs: Sequence[_EncodeJob]) -> list[_EncodeJob]:
+        """One batcher round: one forward per loaded model (two only around a reload)."""
+        groups: dict[int, list[_EncodeJob]] = {}
+        for job in jobs:
+            groups.setdefault(id(job.loaded), []).append(job)
+        for group in groups.values():
+            loaded = group[0].loaded
+            assert loaded is not None
+            images = [job.image for job in group if job.image is not None]
+            try:
+                embeddings = self._encode_batch(loaded, group[0].model_id, images)
+            except Exception as exc:  # each waiter raises it; other groups are unaffected
+                for job in group:
+                    job.error = exc
+                continue
+            for job, embedding in zip(group, embeddings, strict=True):
+                job.embedding = embedding
+        return list(jobs)
 
     def _encode_one(self, loaded: LoadedModel, model_id: str, image: Image.Image) -> Embedding:
         """SAM2ImagePredictor.set_image on a private predictor."""
@@ -240,7 +397,15 @@ class Engine:
         self, embedding: Embedding, prompt: Prompt, timings: Timings | None = None
     ) -> Prediction:
         """Prompt encoder + mask decoder on an embedding (SAM2ImagePredictor.predict)."""
-        loaded = self._model(embedding.model_id)
+        return self._decode(self._model(embedding.model_id), embedding, prompt, timings)
+
+    def _decode(
+        self,
+        loaded: LoadedModel,
+        embedding: Embedding,
+        prompt: Prompt,
+        timings: Timings | None,
+    ) -> Prediction:
         t0 = time.perf_counter()
         predictor = _bind(loaded.predictor, embedding)
         with loaded.decode_lock, self._compute_context():
@@ -259,10 +424,24 @@ class Engine:
         return result
 
     def segment(
-        self, model_id: str, image_bytes: bytes, prompt: Prompt, timings: Timings | None = None
+        self,
+        model_id: str,
+        image_bytes: bytes,
+        prompt: Prompt,
+        timings: Timings | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Prediction:
+        """Embed (or take from the cache) and decode, with one model from start to end.
+
+        `cancelled()` is asked before each step that would start work (loading
+        the model, encoding the image, decoding the prompt): when true,
+        `Cancelled` is raised instead. A step already started runs to its end.
+        """
         timings = timings if timings is not None else Timings()
-        result = self.decode(self.embed(model_id, image_bytes, timings), prompt, timings)
+        loaded = self._model(model_id, cancelled)
+        embedding = self._embed(loaded, model_id, image_bytes, timings, cancelled)
+        _check(cancelled)
+        result = self._decode(loaded, embedding, prompt, timings)
         logger.debug(
             "segment on %s: %s, image decode %.3f s, encoder %.3f s, prompt decode %.3f s",
             model_id,
@@ -299,16 +478,46 @@ class Engine:
             self.encoded_images += images
 
     def stats(self) -> dict[str, Any]:
-        """Counters for /stats: cache hits and misses, images encoded, batches."""
-        batches = [m.batcher for m in self._models.values() if m.batcher is not None]
+        """Counters for /stats: cache hits and misses, images encoded, batches, models."""
+        with self._batchers_lock:
+            batchers = list(self._batchers.values())
         return {
             "status": self.status,
             "device": str(self.device),
             "precision": "bf16" if self.bf16 else "fp32",
             "encoded_images": self.encoded_images,
-            "encode_batches": sum(b.batches for b in batches) if batches else None,
+            "encode_batches": (
+                sum(b.batches for b in batchers) if self.encode_batch_size > 1 else None
+            ),
             "cache": asdict(self.cache.stats()),
+            "models": self._registry.snapshot(),
+            "model_memory": {
+                "bytes": self._registry.bytes,
+                "max_bytes": self._registry.max_bytes,
+                "loads": self._registry.loads,
+                "evictions": self._registry.evictions,
+            },
         }
+
+
+def _check(cancelled: Callable[[], bool] | None) -> None:
+    if cancelled is not None and cancelled():
+        raise Cancelled()
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """One line: our own load errors are written for operators; others get their type too."""
+    return one_line(exc, with_type=not isinstance(exc, ModelLoadError))
+
+
+def _naming(model_id: str, reason: str) -> str:
+    """The reason, prefixed by the model id unless it names it already (models.py's do)."""
+    return reason if model_id in reason else f"{model_id}: {reason}"
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _default_cache_bytes(device: torch.device) -> int:
