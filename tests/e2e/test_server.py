@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -26,59 +22,31 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DATA, image_bytes
+from tests.e2e.process import Server, start_server
 
 TOKEN = "e2e-token"
 
 
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(hf_tiny: str) -> Iterator[Server]:
-    port = free_port()
-    env = {**os.environ, "AUTH_TOKEN": TOKEN, "MODEL_ID": hf_tiny, "LOG_LEVEL": "warning"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sam2_server.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--device",
-            "cpu",
-        ],
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    server = start_server({"AUTH_TOKEN": TOKEN, "MODEL_ID": hf_tiny})
     try:
-        while True:
-            assert process.poll() is None, "server exited during start-up"
-            try:
-                status = httpx.get(url + "/health", timeout=2).json()["status"]
-                if status == "OK":
-                    break
-                assert status == "LOADING", status
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.2)
-        yield Server(url, process)
+        yield server
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.process.terminate()
+        server.process.wait(timeout=30)
+
+
+def curl_segment(server: Server, *fields: str) -> dict:
+    """The contract's curl call with these `-F` fields; asserts a 200, returns the body."""
+    command = ["curl", "-sS", "-X", "POST", server.url + "/segment-anything-2"]
+    command += ["-H", f"Authorization: Bearer {TOKEN}", "-w", "\n%{http_code}"]
+    for field in fields:
+        command += ["-F", field]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    body, _, code = out.stdout.rpartition("\n")
+    assert code == "200", body[:300]
+    return json.loads(body)
 
 
 @pytest.fixture(scope="module")
@@ -143,34 +111,13 @@ def test_livepeer_sdk_sees_typed_errors(server):
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_contract_curl_example(server, hf_tiny):
-    out = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "-X",
-            "POST",
-            server.url + "/segment-anything-2",
-            "-H",
-            f"Authorization: Bearer {TOKEN}",
-            "-F",
-            f"model_id={hf_tiny}",
-            "-F",
-            "point_coords=[[120,100],[120,50]]",
-            "-F",
-            "point_labels=[1,0]",
-            "-F",
-            f"image=@{DATA / 'groceries.jpg'}",
-            "-w",
-            "\n%{http_code}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
+    answer = curl_segment(
+        server,
+        f"model_id={hf_tiny}",
+        "point_coords=[[120,100],[120,50]]",
+        "point_labels=[1,0]",
+        f"image=@{DATA / 'groceries.jpg'}",
     )
-    body, _, code = out.stdout.rpartition("\n")
-    assert code == "200", body[:300]
-    answer = json.loads(body)
     assert np.array(json.loads(answer["masks"])).shape == (3, 534, 800)
 
 
@@ -257,33 +204,12 @@ def test_curl_mask_input_as_a_file(server, tmp_path):
     logits = json.loads(first["logits"])[:1]
     path = tmp_path / "logits.json"
     path.write_text(json.dumps(logits))
-    out = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "-X",
-            "POST",
-            server.url + "/segment-anything-2",
-            "-H",
-            f"Authorization: Bearer {TOKEN}",
-            "-F",
-            "point_coords=[[120,100]]",
-            "-F",
-            "point_labels=[1]",
-            "-F",
-            "return_logits=false",
-            "-F",
-            f"mask_input=@{path}",
-            "-F",
-            f"image=@{DATA / 'groceries.jpg'}",
-            "-w",
-            "\n%{http_code}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
+    answer = curl_segment(
+        server,
+        "point_coords=[[120,100]]",
+        "point_labels=[1]",
+        "return_logits=false",
+        f"mask_input=@{path}",
+        f"image=@{DATA / 'groceries.jpg'}",
     )
-    body, _, code = out.stdout.rpartition("\n")
-    assert code == "200", body[:300]
-    assert np.array(json.loads(json.loads(body)["masks"])).shape == (3, 534, 800)
+    assert np.array(json.loads(answer["masks"])).shape == (3, 534, 800)
