@@ -43,6 +43,7 @@ _CHUNK = 8 * 1024 * 1024  # big enough that hashing runs at memory speed, small 
 _SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # LFS blobs; small git files are named by a 40-hex sha1
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6; older files are a bare pickle
 _DEVICES = "cpu, cuda, cuda:N, mps"
+_verified: set[tuple[str, int, int]] = set()  # (file, size, mtime) that passed verify_checkpoint
 
 
 class ModelLoadError(Exception):
@@ -162,11 +163,17 @@ def verify_checkpoint(path: Path, repo_id: str | None = None) -> None:
     1.0 s / 0.7 s for a 900 MB hiera-large checkpoint (torch.load of it: 0.3 s).
     """
     remedy = _remedy(path, repo_id)
-    if path.stat().st_size == 0:
+    stat = path.stat()
+    if stat.st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); {remedy}.")
-    if _verify_hub_digest(path, remedy):
+    # The start-up presence check and the load that follows verify the same
+    # file: read it once. A file changed since (size or mtime) is read again.
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
         return
-    _verify_zip_crcs(path, remedy)
+    if not _verify_hub_digest(path, remedy):
+        _verify_zip_crcs(path, remedy)
+    _verified.add(key)
 
 
 def _hub_blob(path: Path) -> Path | None:
