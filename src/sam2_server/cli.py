@@ -86,11 +86,12 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from sam2_server.api import create_app
-    from sam2_server.serving import DrainingServer
+    from sam2_server.serving import DrainingServer, limit_malloc_arenas
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    limit_malloc_arenas()
     try:
         from sam2_server.engine import Engine
 

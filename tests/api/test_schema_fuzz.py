@@ -8,18 +8,24 @@ with plain Hypothesis (`operation.as_strategy()` + `@given`) rather than
 `request.node._nodeid`, which pytest 9.2 no longer has.
 
 - `test_schema_fuzz`: every operation, schemathesis's own generation (positive
-  and negative cases). No answer is ever a 5xx, every status
-  code is documented, every documented answer matches its schema (`HTTPError`
-  for 400/401/413/500/503, `HTTPValidationError` for 422, `MasksResponse` for
-  200), bodies are JSON, auth is enforced (`ignored_auth` re-sends without and
-  with a wrong token), and schema-violating requests are rejected.
-- `test_segment_fuzz_reaching_inference`: random uploads almost never decode as
-  images and random strings almost never parse as prompts, so the first fuzzer
-  rarely gets past validation. This one lets schemathesis generate the form and
-  then swaps in, with some probability, a real small image and JSON-shaped
-  prompts (valid, wrong shapes, out-of-range, NaN, over the limits), so
-  inference and the codec are fuzzed too; a 200 must then have the shapes the
-  prompt implies.
+  and negative cases). No answer is ever a 5xx, every status code is
+  documented, every documented answer matches its schema (`HTTPError` for
+  400/401/408/413/500/503, `HTTPValidationError` for 422, `MasksResponse` for
+  200), bodies are JSON in the contract's error shape, 401 carries
+  `WWW-Authenticate: Bearer`, 503 `Retry-After`, auth is enforced
+  (`ignored_auth` re-sends without and with a wrong token), and
+  schema-violating requests are rejected.
+- `test_segment_fuzz_reaching_inference[kind]`: random uploads almost never
+  decode as images and random strings almost never parse as prompts, so the
+  first fuzzer rarely gets past validation. Here schemathesis generates the
+  form, then the prompt fields are replaced by JSON of one kind (points, box,
+  boxes, boxes with points, mask_input, nothing; or wrong shapes/values, or
+  over MAX_POINTS/MAX_OBJECTS/MAX_TOTAL_POINTS), and the upload, 4 times in 5,
+  by one of a few small real images. The same checks apply; and a valid prompt
+  on a real image is a 200 (unless a coordinate is beyond +-1e6, where a 400
+  is allowed) whose arrays have the shapes the prompt implies, are finite
+  (NaN would reach the client as `null`), masks 0/1 without logits, scores
+  best first; invalid kinds are a 400 whose message names a field sent.
 - `test_segment_without_token_is_401`: any generated request without the token,
   or with a wrong one, is a 401 in the contract's shape.
 """
