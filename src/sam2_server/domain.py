@@ -93,3 +93,18 @@ class Timings:
     encode_s: float = 0.0
     decode_s: float = 0.0
     cache_hit: bool = True
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image whose embedding the server holds, as the native API describes it.
+
+    `image_id` is the SHA-256 of the uploaded bytes, which is also the cache
+    key: a client can compute it and ask before uploading.
+    """
+
+    image_id: str
+    model_id: str
+    width: int
+    height: int
+    cached: bool  # True when the embedding was already there (no encoder run)

@@ -122,6 +122,7 @@ def test_openapi_names_match_the_contract(client):
         "multimask_output",
         "return_logits",
         "normalize_coords",
+        "mask_format",  # ours: the native answer on the Livepeer route (optional)
     }
     # Plain strings, not anyOf[string, null]: the go code generator reads OpenAPI 3.0 types.
     for name in ("point_coords", "point_labels", "box", "mask_input"):

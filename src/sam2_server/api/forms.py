@@ -58,6 +58,11 @@ def parse_json_array(value: str | None, name: str) -> np.ndarray | None:
         raise bad_request(
             f"Error parsing JSON for {name}: expected a JSON array, got {value[:40]!r}"
         )
+    return array_from_json(data, name)
+
+
+def array_from_json(data: list[Any], name: str) -> np.ndarray:
+    """Decoded JSON (nested lists of numbers) as a float64 array, or a 400 naming `name`."""
     if not _numbers_only(data):
         raise bad_request(f"Error parsing JSON for {name}: the array must contain only numbers")
     try:
@@ -70,13 +75,18 @@ def parse_json_array(value: str | None, name: str) -> np.ndarray | None:
         raise bad_request(
             f"{name} must contain only finite numbers (no NaN or Infinity)."
         ) from None
+    check_numbers(array, name)
+    return array
+
+
+def check_numbers(array: np.ndarray, name: str) -> None:
+    """Finite, and within float32's range: SAM2 computes in float32."""
     if not np.isfinite(array).all():
         raise bad_request(f"{name} must contain only finite numbers (no NaN or Infinity).")
     if array.size and float(np.abs(array).max()) > FLOAT32_MAX:
         raise bad_request(
             f"{name} holds a number too large for float32 (|x| > 3.4e38), which SAM2 computes in."
         )
-    return array
 
 
 def _numbers_only(data: Any) -> bool:
@@ -107,12 +117,35 @@ def build_prompt(
     limits: PromptLimits | None = None,
 ) -> Prompt:
     """Parse every array field, then check the shapes against each other and the limits."""
-    limits = limits or PromptLimits()
-    coords = parse_json_array(point_coords, "point_coords")
-    labels = parse_json_array(point_labels, "point_labels")
-    boxes = parse_json_array(box, "box")
-    mask = parse_json_array(mask_input, "mask_input")
+    return prompt_from_arrays(
+        coords=parse_json_array(point_coords, "point_coords"),
+        labels=parse_json_array(point_labels, "point_labels"),
+        boxes=parse_json_array(box, "box"),
+        mask=parse_json_array(mask_input, "mask_input"),
+        multimask_output=multimask_output,
+        return_logits=return_logits,
+        normalize_coords=normalize_coords,
+        limits=limits,
+    )
 
+
+def prompt_from_arrays(
+    *,
+    coords: np.ndarray | None,
+    labels: np.ndarray | None,
+    boxes: np.ndarray | None,
+    mask: np.ndarray | None,
+    multimask_output: bool,
+    return_logits: bool,
+    normalize_coords: bool,
+    limits: PromptLimits | None = None,
+) -> Prompt:
+    """Arrays from any surface (form text, JSON body) → a checked Prompt, one set of rules.
+
+    The field names in messages are the Livepeer route's; the native API
+    documents which of its fields they correspond to.
+    """
+    limits = limits or PromptLimits()
     num_boxes = _check_box(boxes)
     if coords is not None or labels is not None:
         coords, labels = _check_points(coords, labels, num_boxes)

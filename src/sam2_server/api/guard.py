@@ -30,12 +30,14 @@ class RequestGuard:
         auth_token: str | None,
         protected_paths: tuple[str, ...],
         max_request_bytes: int,
+        protected_prefixes: tuple[str, ...] = (),
         read_timeout_s: float = 30.0,
         total_timeout_s: float = 300.0,
     ) -> None:
         self.app = app
         self.auth_token = auth_token
         self.protected = {p.rstrip("/") for p in protected_paths}
+        self.protected_prefixes = tuple(p.rstrip("/") for p in protected_prefixes)
         self.max_request_bytes = max_request_bytes
         self.read_timeout_s = read_timeout_s
         self.total_timeout_s = total_timeout_s
@@ -44,7 +46,10 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        protected = scope["path"].rstrip("/") in self.protected
+        path = scope["path"].rstrip("/")
+        protected = path in self.protected or any(
+            path == prefix or path.startswith(prefix + "/") for prefix in self.protected_prefixes
+        )
         if self.auth_token and protected and not self._authorized(scope):
             await _respond(
                 send, 401, "Invalid bearer token.", extra=[(b"www-authenticate", b"Bearer")]

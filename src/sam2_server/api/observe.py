@@ -27,6 +27,7 @@ access_log = logging.getLogger("sam2_server.access")
 
 STAGES = ("image_decode", "encode", "prompt_decode", "serialise")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_ACTIONS = {"segment", "automatic-masks"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -141,10 +142,18 @@ class _EngineCollector(Collector):
 class Observer:
     """ASGI middleware: request id, metrics, and the access log line."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: Iterable[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        routes: Iterable[str],
+        prefixes: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = {route.rstrip("/") or "/" for route in routes}
+        self.prefixes = tuple(prefix.rstrip("/") for prefix in prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -186,8 +195,18 @@ class Observer:
             _log(record, duration)
 
     def _route(self, path: str) -> str:
+        """A bounded label: ids in paths (/v1/images/<sha256>/segment) become `{id}`."""
         path = path.rstrip("/") or "/"
-        return path if path in self.routes else "other"
+        if path in self.routes:
+            return path
+        for prefix in self.prefixes:
+            if path == prefix:
+                return path
+            if path.startswith(prefix + "/"):
+                parts = path[len(prefix) + 1 :].split("/")
+                rest = "/".join(parts[1:2])  # the action after the id, if any
+                return f"{prefix}/{{id}}" + (f"/{rest}" if rest in _ACTIONS else "")
+        return "other"
 
 
 def _request_id(scope: Scope) -> str:

@@ -11,14 +11,13 @@ streamed when large.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
@@ -31,13 +30,21 @@ from starlette.types import Message, Receive, Scope, Send
 from sam2_server import PIPELINE, __version__
 from sam2_server.api.admission import Admission, Ticket, estimate_work_bytes
 from sam2_server.api.forms import PromptLimits, build_prompt
-from sam2_server.api.observe import Metrics, RequestRecord, record_of
+from sam2_server.api.observe import Metrics, RequestRecord
+from sam2_server.api.pipeline import (
+    check_finite,
+    check_model,
+    request_record,
+    require_ready,
+    run_admitted,
+)
 from sam2_server.api.schemas import HealthCheck, HTTPError, MasksResponse, VersionResponse
 from sam2_server.api.service import Segmenter
 from sam2_server.codecs import encode_livepeer, estimate_livepeer_bytes, iter_livepeer
+from sam2_server.codecs.native import MASK_FORMATS, native_answer
 from sam2_server.config import Settings
 from sam2_server.domain import Prediction, Prompt, Timings
-from sam2_server.errors import PIPELINE_ERROR, Cancelled, ServiceError, bad_request
+from sam2_server.errors import ServiceError, bad_request
 
 logger = logging.getLogger(__name__)
 
@@ -174,21 +181,25 @@ def build_router(settings: Settings, admission: Admission, metrics: Metrics) -> 
                 )
             ),
         ] = True,
+        mask_format: Annotated[
+            str,
+            Form(
+                description=(
+                    "Not in Livepeer's API: `rle` or `png` answers with the native API's "
+                    "segment answer (binary masks in that format, scores, packed low-res "
+                    "logits) instead of nested-list strings. Absent or empty: no change."
+                )
+            ),
+        ] = None,  # type: ignore[assignment]
         segmenter: Segmenter = Depends(get_segmenter),
         _token: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
     ) -> Response:
         # Order of checks as in the reference: (form 422, auth 401 already done),
         # model_id, array fields, then the image and inference.
-        record = record_of(request.scope) or RequestRecord("-", "POST", SEGMENT_PATH)
-        served = segmenter.served_model_ids
-        if model_id and model_id not in served:
-            # The reference's message; the echo is cut so a huge value is not sent back.
-            shown = model_id if len(model_id) <= 200 else model_id[:200] + "..."
-            raise bad_request(
-                f"pipeline configured with {', '.join(served)} but called with {shown}."
-            )
-        model = model_id or segmenter.default_model_id
+        record = request_record(request)
+        model = check_model(segmenter, model_id)
         record.details["model"] = model
+        native_format = _native_format(mask_format)
         fields = [point_coords, point_labels, box, mask_input]
         texts = [
             await _field_text(value, name, max_field_bytes)
@@ -202,11 +213,12 @@ def build_router(settings: Settings, admission: Admission, metrics: Metrics) -> 
             box=texts[2],
             mask_input=texts[3],
             multimask_output=multimask_output,
-            return_logits=return_logits,
+            # The native answer carries binary masks (logits > 0), as the predictor gives them.
+            return_logits=return_logits and native_format is None,
             normalize_coords=normalize_coords,
             limits=limits,
         )
-        _require_ready(segmenter)
+        require_ready(segmenter)
         # The header is read from the spooled upload: the image's bytes come
         # into memory only once the request is admitted.
         width, height = await run_in_threadpool(segmenter.image_size, image.file)
@@ -214,33 +226,41 @@ def build_router(settings: Settings, admission: Admission, metrics: Metrics) -> 
         objects = prompt.num_objects
         upload_bytes = image.size or 0
         record.details.update(image_bytes=upload_bytes, width=width, height=height, objects=objects)
-        answer_bytes = estimate_livepeer_bytes(
-            objects, candidates, height, width, binary_masks=not prompt.return_logits
-        )
-        _check_answer_size(answer_bytes, settings.max_response_bytes, prompt)
+        answer_bytes = 0
+        if native_format is None:
+            answer_bytes = estimate_livepeer_bytes(
+                objects, candidates, height, width, binary_masks=not prompt.return_logits
+            )
+            _check_answer_size(answer_bytes, settings.max_response_bytes, prompt)
         cost = estimate_work_bytes(objects, candidates, height, width) + upload_bytes
         timings = Timings()
-        async with _watch_disconnect(request.receive) as gone:
-            ticket = await _admit(admission, cost, gone)
-            try:
-                await image.seek(0)
-                image_bytes = await image.read()
-                prediction = await run_in_threadpool(
-                    _segment, segmenter, model, image_bytes, prompt, timings, gone.is_set
-                )
-            except BaseException:
-                ticket.release()
-                raise
-            finally:
-                _record_timings(record, timings)
+
+        def work(cancelled: Callable[[], bool]) -> tuple[str, Prediction]:
+            image.file.seek(0)
+            image_bytes = image.file.read()
+            prediction = segmenter.segment(
+                model, image_bytes, prompt, timings=timings, cancelled=cancelled
+            )
+            return hashlib.sha256(image_bytes).hexdigest(), check_finite(prediction)
+
+        (image_id, prediction), ticket = await run_admitted(request, admission, cost, timings, work)
+        if native_format is not None:
+            return await serialise(
+                record,
+                ticket,
+                partial(
+                    native_answer,
+                    prediction,
+                    image_id=image_id,
+                    model_id=model,
+                    width=width,
+                    height=height,
+                    mask_format=native_format,
+                    return_logits=True,
+                ),
+            )
         if answer_bytes <= STREAM_ABOVE_BYTES:
-            try:
-                started = time.perf_counter()
-                body = await run_in_threadpool(encode_livepeer, prediction)
-                record.stages["serialise"] = time.perf_counter() - started
-            finally:
-                ticket.release()
-            return Response(body, media_type="application/json")
+            return await serialise(record, ticket, partial(encode_livepeer, prediction))
         return _TicketedStream(
             _timed_chunks(prediction, record),
             ticket,
@@ -301,6 +321,28 @@ async def _field_text(value: str | UploadFile | None, name: str, limit: int) -> 
         raise bad_request(f"Error parsing JSON for {name}: the file is not UTF-8 text.") from None
 
 
+def _native_format(value: str | None) -> str | None:
+    """`mask_format` on the Livepeer route: None (Livepeer's answer), or rle / png."""
+    if value is None or value.strip() == "":
+        return None
+    if value not in MASK_FORMATS:
+        raise bad_request(
+            f"mask_format must be one of {', '.join(MASK_FORMATS)}; got {value[:40]!r}."
+        )
+    return value
+
+
+async def serialise(record: RequestRecord, ticket: Ticket, encode: Callable[[], bytes]) -> Response:
+    """Write a whole (small) answer off the event loop, then give the budget back."""
+    try:
+        started = time.perf_counter()
+        body = await run_in_threadpool(encode)
+        record.stages["serialise"] = time.perf_counter() - started
+    finally:
+        ticket.release()
+    return Response(body, media_type="application/json")
+
+
 def _check_answer_size(estimate: int, limit: int, prompt: Prompt) -> None:
     """Refuse, before any work, an answer too large to send; say what to change."""
     if estimate <= limit:
@@ -317,80 +359,6 @@ def _check_answer_size(estimate: int, limit: int, prompt: Prompt) -> None:
         f"The answer would be about {estimate / 2**20:.1f} MiB, over this server's limit of "
         f"{limit / 2**20:.1f} MiB (MAX_RESPONSE_BYTES); send {' or '.join(hints)}."
     )
-
-
-@contextlib.asynccontextmanager
-async def _watch_disconnect(receive: Receive) -> AsyncIterator[threading.Event]:
-    """An event set when the client goes away while its request waits or runs.
-
-    The body is fully read by now, so the next ASGI message can only be the
-    disconnect; work that has not started yet is then abandoned.
-    """
-    gone = threading.Event()
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.set()
-
-    task = asyncio.create_task(watch())
-    try:
-        yield gone
-    finally:
-        task.cancel()
-
-
-async def _admit(admission: Admission, cost: int, gone: threading.Event) -> Ticket:
-    """Wait for budget, giving the place up if the client leaves meanwhile."""
-    waiting = asyncio.ensure_future(admission.acquire(cost))
-    while not waiting.done():
-        await asyncio.wait({waiting}, timeout=0.25)
-        if gone.is_set() and not waiting.done():
-            waiting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiting
-            raise Cancelled()
-    return waiting.result()
-
-
-def _segment(
-    segmenter: Segmenter,
-    model_id: str,
-    image_bytes: bytes,
-    prompt: Prompt,
-    timings: Timings,
-    cancelled: Any,
-) -> Prediction:
-    """Inference in a worker thread.
-
-    As in the reference, a failure the engine did not classify is logged with
-    its details and answered with the generic message only.
-    """
-    try:
-        prediction = segmenter.segment(
-            model_id, image_bytes, prompt, timings=timings, cancelled=cancelled
-        )
-    except (ServiceError, Cancelled):
-        raise
-    except Exception as exc:
-        logger.exception("segment-anything-2 failed on model %s", model_id)
-        raise ServiceError(500, PIPELINE_ERROR) from exc
-    if not (np.isfinite(prediction.scores).all() and np.isfinite(prediction.logits).all()):
-        # JSON has no spelling for these: every number would arrive as null.
-        raise bad_request(
-            "The prompt drove the model outside float32's range (non-finite output); "
-            "check the magnitudes of point_coords, box and mask_input."
-        )
-    return prediction
-
-
-def _record_timings(record: RequestRecord, timings: Timings) -> None:
-    record.details["cache_hit"] = timings.cache_hit
-    if not timings.cache_hit:
-        record.stages["image_decode"] = timings.decode_image_s
-        record.stages["encode"] = timings.encode_s
-    if timings.decode_s:
-        record.stages["prompt_decode"] = timings.decode_s
 
 
 def _timed_chunks(prediction: Prediction, record: RequestRecord) -> Iterator[bytes]:
@@ -438,13 +406,3 @@ class _TicketedStream(StreamingResponse):
             logger.info("answer not delivered: %s", exc or "client disconnected")
         finally:
             self.ticket.release()
-
-
-def _require_ready(segmenter: Segmenter) -> None:
-    """503 while the start-up load runs. After it, even with every model failed
-    (ERROR), requests go on to the engine: its 503 names the model and why, and
-    it retries a failed load after a while, so a fixed file needs no restart."""
-    if segmenter.status == "LOADING":
-        raise ServiceError(
-            503, "The model is still loading; retry shortly.", headers={"Retry-After": "5"}
-        )

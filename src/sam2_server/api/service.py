@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol
 
-from sam2_server.domain import Prediction, Prompt, Timings
+from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings
 
 
 class Segmenter(Protocol):
@@ -50,6 +50,31 @@ class Segmenter(Protocol):
         cancelled: Callable[[], bool] | None = None,
     ) -> Prediction:
         """Raises `Cancelled` when `cancelled()` says the client left before work started."""
+        ...
+
+    def add_image(
+        self,
+        model_id: str,
+        image_bytes: bytes,
+        timings: Timings | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> ImageInfo:
+        """Encode an upload (or find it cached) so that prompts can name it by its SHA-256."""
+        ...
+
+    def find_image(self, model_id: str, image_id: str) -> ImageInfo | None:
+        """The image when its embedding is cached for `model_id`, else None."""
+        ...
+
+    def segment_cached(
+        self,
+        model_id: str,
+        image_id: str,
+        prompt: Prompt,
+        timings: Timings | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> tuple[ImageInfo, Prediction]:
+        """Decode a prompt on a cached image; ServiceError 404 when it is not cached."""
         ...
 
     def stats(self) -> dict[str, Any]:

@@ -87,6 +87,18 @@ class EmbeddingCache(Generic[V]):
         pending.set_result(value)
         return value
 
+    def peek(self, key: Hashable) -> V | None:
+        """The cached value, without computing it; a find refreshes its recency.
+
+        Not counted as a hit or a miss: asking whether an image is there (the
+        native API's GET) is not a request for its embedding.
+        """
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
     def _insert(self, key: Hashable, value: V) -> None:
         size = value.nbytes
         if size > self.max_bytes:

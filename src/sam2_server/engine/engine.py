@@ -40,7 +40,7 @@ from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam2_server.config import Settings
-from sam2_server.domain import Prediction, Prompt, Timings, sort_best_first
+from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings, sort_best_first
 from sam2_server.engine.batching import Batcher
 from sam2_server.engine.cache import EmbeddingCache
 from sam2_server.engine.images import decode_image, probe_image
@@ -157,6 +157,7 @@ class Engine:
         self._batchers_lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self.encoded_images = 0
+        self._hits_by_id = 0  # native prompts on an image named by id
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -310,7 +311,7 @@ class Engine:
         timings: Timings | None,
         cancelled: Callable[[], bool] | None,
     ) -> Embedding:
-        key = (model_id, hashlib.sha256(image_bytes).hexdigest())
+        key = (model_id, image_id_of(image_bytes))
 
         def compute() -> Embedding:
             t0 = time.perf_counter()
@@ -452,6 +453,50 @@ class Engine:
         )
         return result
 
+    # -- the native API: images by id ------------------------------------------------------
+
+    def add_image(
+        self,
+        model_id: str,
+        image_bytes: bytes,
+        timings: Timings | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> ImageInfo:
+        """Encode an upload (or find it cached) so later prompts can name it by id."""
+        timings = timings if timings is not None else Timings()
+        loaded = self._model(model_id, cancelled)
+        embedding = self._embed(loaded, model_id, image_bytes, timings, cancelled)
+        return _info(image_id_of(image_bytes), embedding, cached=timings.cache_hit)
+
+    def find_image(self, model_id: str, image_id: str) -> ImageInfo | None:
+        """The image's description when its embedding is cached for `model_id`, else None."""
+        embedding = self.cache.peek((model_id, image_id.lower()))
+        return None if embedding is None else _info(image_id.lower(), embedding, cached=True)
+
+    def segment_cached(
+        self,
+        model_id: str,
+        image_id: str,
+        prompt: Prompt,
+        timings: Timings | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> tuple[ImageInfo, Prediction]:
+        """Decode a prompt on an image uploaded before; 404 once its embedding is gone."""
+        timings = timings if timings is not None else Timings()
+        loaded = self._model(model_id, cancelled)
+        embedding = self.cache.peek((model_id, image_id.lower()))
+        if embedding is None:
+            raise ServiceError(
+                404,
+                f"image {image_id[:80]} is not cached on this server for model {model_id} "
+                "(never uploaded, or evicted); upload it again with POST /v1/images.",
+            )
+        with self._counter_lock:
+            self._hits_by_id += 1
+        _check(cancelled)
+        prediction = self._decode(loaded, embedding, prompt, timings)
+        return _info(image_id.lower(), embedding, cached=True), prediction
+
     # -- support ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -486,6 +531,7 @@ class Engine:
             "device": str(self.device),
             "precision": "bf16" if self.bf16 else "fp32",
             "encoded_images": self.encoded_images,
+            "prompts_by_image_id": self._hits_by_id,
             "encode_batches": (
                 sum(b.batches for b in batchers) if self.encode_batch_size > 1 else None
             ),
@@ -498,6 +544,16 @@ class Engine:
                 "evictions": self._registry.evictions,
             },
         }
+
+
+def image_id_of(image_bytes: bytes) -> str:
+    """The native API's image id: the SHA-256 of the uploaded bytes (also the cache key)."""
+    return hashlib.sha256(image_bytes).hexdigest()
+
+
+def _info(image_id: str, embedding: Embedding, *, cached: bool) -> ImageInfo:
+    height, width = embedding.orig_hw
+    return ImageInfo(image_id, embedding.model_id, width, height, cached)
 
 
 def _check(cancelled: Callable[[], bool] | None) -> None:

@@ -1,0 +1,274 @@
+"""The native API's image routes: upload once, prompt by id, compact masks.
+
+`POST /v1/images` encodes an upload (the expensive part, ~95% of a click)
+and names it by the SHA-256 of its bytes; `POST /v1/images/{id}/segment`
+then costs only the prompt decoder, and its answer is binary masks as COCO
+RLE or PNG plus packed low-res logits: a few kilobytes instead of the
+Livepeer route's tens of megabytes of JSON text. Names follow
+`../shared/contract/native-api.md`; auth, limits, admission and the error
+shape are those of the Livepeer route (see `pipeline.py`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, field_validator
+
+from sam2_server.api.admission import Admission, estimate_work_bytes
+from sam2_server.api.forms import PromptLimits, array_from_json, check_numbers, prompt_from_arrays
+from sam2_server.api.pipeline import (
+    check_finite,
+    check_model,
+    request_record,
+    require_ready,
+    run_admitted,
+)
+from sam2_server.api.routes import RESPONSES, bearer_scheme, get_segmenter, serialise
+from sam2_server.api.service import Segmenter
+from sam2_server.codecs.native import native_answer, unpack_array
+from sam2_server.config import Settings
+from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings
+from sam2_server.errors import ServiceError, bad_request
+
+IMAGES_PATH = "/v1/images"
+SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
+_IMAGE_ID = re.compile(r"^[0-9a-fA-F]{64}$")
+# The native API's field names, for messages shared with the Livepeer route's parser.
+_NATIVE_NAMES = (("point_coords", "points"), ("point_labels", "labels"))
+
+NATIVE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **{code: spec for code, spec in RESPONSES.items() if code != 200},
+    404: RESPONSES[400],
+}
+
+
+class ImageResponse(BaseModel):
+    """An image whose embedding the server holds."""
+
+    image_id: str = Field(..., description="SHA-256 (hex) of the uploaded bytes.")
+    model_id: str
+    width: int
+    height: int
+    cached: bool = Field(..., description="True when the embedding was already there.")
+
+
+class PackedArray(BaseModel):
+    """Exact float32 values: little-endian bytes in C order, base64-encoded."""
+
+    dtype: Literal["float32"] = "float32"
+    shape: list[int]
+    data: str = Field(..., description="base64 of the little-endian float32 bytes, C order.")
+
+
+class SegmentRequest(BaseModel):
+    """Prompts on an uploaded image, in pixels of the original image (XYXY boxes)."""
+
+    model_id: str = Field("", description="Empty: the server's default model.")
+    points: list[Any] | None = Field(None, description="Nx2, or BxNx2 with B boxes.")
+    labels: list[Any] | None = Field(None, description="N (or BxN): 1 foreground, 0 background.")
+    box: list[Any] | None = Field(None, description="[x0, y0, x1, y1], or Bx4.")
+    mask_input: PackedArray | None = Field(
+        None, description="1x256x256 low-res logits, one of an earlier answer's."
+    )
+    multimask_output: bool = True
+    normalize_coords: bool = True
+    return_logits: bool = Field(True, description="Include the low-res logits (packed).")
+    mask_format: Literal["rle", "png"] = "rle"
+
+    @field_validator("model_id", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+
+class SegmentResponse(BaseModel):
+    """Binary masks (logits > 0) at the image's size, best first per object."""
+
+    image_id: str
+    model_id: str
+    width: int
+    height: int
+    masks: list[Any] = Field(
+        ...,
+        description="C masks (or B lists of C): COCO RLE {size, counts} or base64 PNG strings.",
+    )
+    scores: list[Any] = Field(..., description="C (or BxC) predicted IoU scores.")
+    logits: PackedArray | None = Field(
+        None, description="Cx256x256 (or BxCx256x256) low-res logits; absent without return_logits."
+    )
+
+
+def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
+    # The token is checked by the guard before the body is read; this only
+    # declares the bearer scheme in the schema.
+    router = APIRouter(prefix=IMAGES_PATH, tags=["images"], dependencies=[Depends(bearer_scheme)])
+    limits = PromptLimits(
+        max_points=settings.max_points,
+        max_objects=settings.max_objects,
+        max_total_points=settings.max_total_points,
+    )
+
+    @router.post(
+        "",
+        response_model=ImageResponse,
+        responses=NATIVE_RESPONSES,
+        operation_id="uploadImage",
+        summary="Upload an image once; prompt it by id afterwards",
+    )
+    async def upload_image(
+        request: Request,
+        segmenter: SegmenterDep,
+        image: Annotated[UploadFile, File(description="Image to segment.")],
+        model_id: Annotated[str, Form(description="Empty: the server's default model.")] = "",
+    ) -> Response:
+        record = request_record(request)
+        model = check_model(segmenter, model_id)
+        record.details["model"] = model
+        require_ready(segmenter)
+        width, height = await run_in_threadpool(segmenter.image_size, image.file)
+        upload_bytes = image.size or 0
+        record.details.update(image_bytes=upload_bytes, width=width, height=height)
+        timings = Timings()
+
+        def work(cancelled: Callable[[], bool]) -> ImageInfo:
+            image.file.seek(0)
+            return segmenter.add_image(model, image.file.read(), timings, cancelled)
+
+        cost = estimate_work_bytes(0, 0, height, width) + upload_bytes
+        info, ticket = await run_admitted(request, admission, cost, timings, work)
+        ticket.release()
+        return _json(_image_fields(info))
+
+    @router.get(
+        "/{image_id}",
+        response_model=ImageResponse,
+        responses=NATIVE_RESPONSES,
+        operation_id="getImage",
+        summary="Whether the server still holds an image's embedding (404 if not)",
+    )
+    async def get_image(
+        segmenter: SegmenterDep,
+        image_id: Annotated[str, Path(description="SHA-256 (hex) of the image's bytes.")],
+        model_id: Annotated[str, Query(description="Empty: the default model.")] = "",
+    ) -> Response:
+        model = check_model(segmenter, model_id)
+        info = segmenter.find_image(model, image_id) if _IMAGE_ID.match(image_id) else None
+        if info is None:
+            raise _not_cached(image_id, model)
+        return _json(_image_fields(info))
+
+    @router.post(
+        "/{image_id}/segment",
+        response_model=SegmentResponse,
+        responses=NATIVE_RESPONSES,
+        operation_id="segmentImage",
+        summary="Segment an uploaded image with points, boxes and a mask",
+    )
+    async def segment_image(
+        request: Request,
+        segmenter: SegmenterDep,
+        image_id: Annotated[str, Path(description="SHA-256 (hex) of the image's bytes.")],
+        body: SegmentRequest,
+    ) -> Response:
+        record = request_record(request)
+        model = check_model(segmenter, body.model_id)
+        record.details["model"] = model
+        if not _IMAGE_ID.match(image_id):
+            raise _not_cached(image_id, model)
+        prompt = await run_in_threadpool(_prompt, body, limits)
+        require_ready(segmenter)
+        info = segmenter.find_image(model, image_id)
+        if info is None:
+            raise _not_cached(image_id, model)
+        candidates = 3 if prompt.multimask_output else 1
+        objects = prompt.num_objects
+        record.details.update(width=info.width, height=info.height, objects=objects)
+        timings = Timings()
+
+        def work(cancelled: Callable[[], bool]) -> tuple[ImageInfo, Prediction]:
+            found, prediction = segmenter.segment_cached(
+                model, image_id, prompt, timings, cancelled
+            )
+            return found, check_finite(prediction)
+
+        cost = estimate_work_bytes(objects, candidates, info.height, info.width)
+        (found, prediction), ticket = await run_admitted(request, admission, cost, timings, work)
+        return await serialise(
+            record,
+            ticket,
+            partial(
+                native_answer,
+                prediction,
+                image_id=found.image_id,
+                model_id=model,
+                width=found.width,
+                height=found.height,
+                mask_format=body.mask_format,
+                return_logits=body.return_logits,
+            ),
+        )
+
+    return router
+
+
+def _prompt(body: SegmentRequest, limits: PromptLimits) -> Prompt:
+    """The JSON body through the Livepeer route's checks, messages in native names."""
+    try:
+        mask = None
+        if body.mask_input is not None:
+            try:
+                mask = unpack_array(body.mask_input.model_dump())
+            except ValueError as exc:
+                raise bad_request(f"mask_input: {exc}.") from None
+            check_numbers(mask, "mask_input")
+        return prompt_from_arrays(
+            coords=_array(body.points, "point_coords"),
+            labels=_array(body.labels, "point_labels"),
+            boxes=_array(body.box, "box"),
+            mask=mask,
+            multimask_output=body.multimask_output,
+            return_logits=False,  # binary masks, as the predictor thresholds them
+            normalize_coords=body.normalize_coords,
+            limits=limits,
+        )
+    except ServiceError as exc:
+        message = exc.message
+        for livepeer_name, native_name in _NATIVE_NAMES:
+            message = message.replace(livepeer_name, native_name)
+        raise bad_request(message) from None
+
+
+def _array(value: list[Any] | None, name: str) -> Any:
+    """An empty list means "not given", as an empty form field does on the Livepeer route."""
+    return array_from_json(value, name) if value else None
+
+
+def _not_cached(image_id: str, model_id: str) -> ServiceError:
+    shown = image_id if len(image_id) <= 80 else image_id[:80] + "..."
+    return ServiceError(
+        404,
+        f"image {shown} is not cached on this server for model {model_id} (never uploaded, "
+        "or evicted); upload it again with POST /v1/images.",
+    )
+
+
+def _image_fields(info: ImageInfo) -> dict[str, Any]:
+    return {
+        "image_id": info.image_id,
+        "model_id": info.model_id,
+        "width": info.width,
+        "height": info.height,
+        "cached": info.cached,
+    }
+
+
+def _json(content: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(content), media_type="application/json")

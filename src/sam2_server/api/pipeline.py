@@ -1,0 +1,147 @@
+"""The steps every inference route shares: model check, readiness, admission,
+work in a worker thread that a departed client can abandon, and timings.
+
+The Livepeer route and the native API differ in how they read a request and
+write an answer; between those, a request takes the same path, so limits,
+admission and failures behave the same on every surface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+import numpy as np
+from fastapi.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.types import Receive
+
+from sam2_server.api.admission import Admission, Ticket
+from sam2_server.api.observe import RequestRecord, record_of
+from sam2_server.api.service import Segmenter
+from sam2_server.domain import Prediction, Timings
+from sam2_server.errors import PIPELINE_ERROR, Cancelled, ServiceError, bad_request
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def request_record(request: Request) -> RequestRecord:
+    """The request's log/metrics record (a detached one when no observer runs)."""
+    return record_of(request.scope) or RequestRecord("-", request.method, request.url.path)
+
+
+def check_model(segmenter: Segmenter, model_id: str | None) -> str:
+    """The request's model when served (else a 400 naming the served ones), or the default."""
+    served = segmenter.served_model_ids
+    if model_id and model_id not in served:
+        # The reference's message; the echo is cut so a huge value is not sent back.
+        shown = model_id if len(model_id) <= 200 else model_id[:200] + "..."
+        raise bad_request(f"pipeline configured with {', '.join(served)} but called with {shown}.")
+    return model_id or segmenter.default_model_id
+
+
+def require_ready(segmenter: Segmenter) -> None:
+    """503 while the start-up load runs. After it, even with every model failed
+    (ERROR), requests go on to the engine: its 503 names the model and why, and
+    it retries a failed load after a while, so a fixed file needs no restart."""
+    if segmenter.status == "LOADING":
+        raise ServiceError(
+            503, "The model is still loading; retry shortly.", headers={"Retry-After": "5"}
+        )
+
+
+async def run_admitted(
+    request: Request,
+    admission: Admission,
+    cost: int,
+    timings: Timings,
+    work: Callable[[Callable[[], bool]], T],
+) -> tuple[T, Ticket]:
+    """Wait for `cost` bytes of budget, then run `work(cancelled)` in a worker thread.
+
+    The caller releases the returned ticket once the answer's memory is gone
+    (after sending it). A client that leaves while waiting gives its place up;
+    one that leaves before a step starts has that step abandoned (`cancelled`).
+    """
+    record = request_record(request)
+    async with _watch_disconnect(request.receive) as gone:
+        ticket = await _admit(admission, cost, gone)
+        try:
+            result = await run_in_threadpool(_guarded, work, gone.is_set)
+        except BaseException:
+            ticket.release()
+            raise
+        finally:
+            _record_timings(record, timings)
+    return result, ticket
+
+
+def _guarded(work: Callable[[Callable[[], bool]], T], cancelled: Callable[[], bool]) -> T:
+    """As in the reference, a failure the engine did not classify is logged with
+    its details and answered with the generic message only."""
+    try:
+        return work(cancelled)
+    except (ServiceError, Cancelled):
+        raise
+    except Exception as exc:
+        logger.exception("inference failed")
+        raise ServiceError(500, PIPELINE_ERROR) from exc
+
+
+def check_finite(prediction: Prediction) -> Prediction:
+    """JSON has no spelling for NaN or infinity: every number would arrive as null."""
+    if not (np.isfinite(prediction.scores).all() and np.isfinite(prediction.logits).all()):
+        raise bad_request(
+            "The prompt drove the model outside float32's range (non-finite output); "
+            "check the magnitudes of the points, box and mask_input."
+        )
+    return prediction
+
+
+@contextlib.asynccontextmanager
+async def _watch_disconnect(receive: Receive) -> AsyncIterator[threading.Event]:
+    """An event set when the client goes away while its request waits or runs.
+
+    The body is fully read by now, so the next ASGI message can only be the
+    disconnect; work that has not started yet is then abandoned.
+    """
+    gone = threading.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    task = asyncio.create_task(watch())
+    try:
+        yield gone
+    finally:
+        task.cancel()
+
+
+async def _admit(admission: Admission, cost: int, gone: threading.Event) -> Ticket:
+    """Wait for budget, giving the place up if the client leaves meanwhile."""
+    waiting = asyncio.ensure_future(admission.acquire(cost))
+    while not waiting.done():
+        await asyncio.wait({waiting}, timeout=0.25)
+        if gone.is_set() and not waiting.done():
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            raise Cancelled()
+    return waiting.result()
+
+
+def _record_timings(record: RequestRecord, timings: Timings) -> None:
+    record.details["cache_hit"] = timings.cache_hit
+    if not timings.cache_hit:
+        record.stages["image_decode"] = timings.decode_image_s
+        record.stages["encode"] = timings.encode_s
+    if timings.decode_s:
+        record.stages["prompt_decode"] = timings.decode_s
