@@ -137,7 +137,14 @@ def without_auth(case) -> None:
         case.headers = {k: v for k, v in case.headers.items() if k.lower() != "authorization"}
 
 
-OPERATIONS = [("POST", SEGMENT, 60), ("GET", "/health", 10), ("GET", "/version", 10)]
+OPERATIONS = [
+    ("POST", SEGMENT, 60),
+    ("GET", "/health", 10),
+    ("GET", "/version", 10),
+    ("POST", "/v1/images", 30),
+    ("GET", "/v1/images/{image_id}", 20),
+    ("POST", "/v1/images/{image_id}/segment", 40),
+]
 
 
 # -- 1: schemathesis alone -----------------------------------------------------------------
@@ -231,6 +238,7 @@ PROMPT_FIELDS = (
     "multimask_output",
     "return_logits",
     "normalize_coords",
+    "mask_format",  # the native answer has its own test (test_native.py)
 )
 VALID_KINDS = ["points", "box", "boxes", "box+points", "boxes+points", "mask", "nothing"]
 INVALID_KINDS = ["odd", "over"]

@@ -59,9 +59,22 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     not dumped (its repr names the server's temporary file)."""
     assert isinstance(exc, RequestValidationError)
     errors = [_describe_input(error) for error in exc.errors()]
-    return Response(
-        orjson.dumps({"detail": jsonable_encoder(errors)}), 422, media_type="application/json"
-    )
+    content = {"detail": jsonable_encoder(errors)}
+    try:
+        body = orjson.dumps(content)  # NaN in the echoed input becomes null, still JSON
+    except TypeError:  # an integer past 64 bits in the echoed input
+        body = orjson.dumps(_big_ints_as_text(content))
+    return Response(body, 422, media_type="application/json")
+
+
+def _big_ints_as_text(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _big_ints_as_text(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_big_ints_as_text(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        return str(value)
+    return value
 
 
 def _describe_input(error: Any) -> Any:
