@@ -24,6 +24,7 @@ from sam2_server.api.native import IMAGES_PATH, build_native_router
 from sam2_server.api.observe import Metrics, Observer
 from sam2_server.api.routes import ARRAY_FIELDS, OPS_PATHS, ROUTES, SEGMENT_PATH, build_router
 from sam2_server.api.service import Segmenter
+from sam2_server.api.web import build_web_router
 from sam2_server.config import GIB, Settings
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
     app.state.metrics = metrics
     app.include_router(build_router(settings, admission, metrics))
     app.include_router(build_native_router(settings, admission))
+    app.include_router(build_web_router())
     install_error_handlers(app)
     _describe_uploads_as_binary(app)
     # Added last = outermost: the observer sees the guard's answers too.

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 SEGMENT_PATH = "/segment-anything-2"
 OPS_PATHS = ("/stats", "/metrics")
-ROUTES = (SEGMENT_PATH, "/health", "/version", *OPS_PATHS, "/openapi.json", "/docs")
+ROUTES = (SEGMENT_PATH, "/health", "/version", *OPS_PATHS, "/openapi.json", "/docs", "/")
 
 # Answers up to this size are built whole and sent with a Content-Length;
 # larger ones are streamed in chunks so their text never exists whole.

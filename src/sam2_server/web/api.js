@@ -1,0 +1,82 @@
+// The native API as the page uses it: upload an image once, then prompt it.
+// Every call reports what it cost (bytes each way, milliseconds) and turns an
+// error answer into the server's own message (`detail.msg`).
+
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+export class Api {
+  /**
+   * @param {() => string} getToken the bearer token, "" for none
+   * @param {(report: {what, status, sent, received, ms}) => void} onReport
+   */
+  constructor(getToken, onReport) {
+    this.getToken = getToken;
+    this.onReport = onReport;
+  }
+
+  /** POST v1/images: the image's id, size and model; the server encodes it now. */
+  upload(file, modelId) {
+    const form = new FormData();
+    form.append("image", file, file.name || "image");
+    if (modelId) form.append("model_id", modelId);
+    return this.call("upload", "POST", "v1/images", form, file.size);
+  }
+
+  /** POST v1/images/{id}/segment with a JSON prompt. */
+  segment(imageId, prompt) {
+    const text = JSON.stringify(prompt);
+    const path = `v1/images/${encodeURIComponent(imageId)}/segment`;
+    return this.call("segment", "POST", path, text, text.length, "application/json");
+  }
+
+  async call(what, method, path, body, sent, contentType) {
+    const headers = {};
+    const token = this.getToken();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (contentType) headers["Content-Type"] = contentType;
+    const started = performance.now();
+    let response;
+    let bytes;
+    try {
+      // Relative: the page also works behind a proxy that mounts it on a sub-path.
+      response = await fetch(path, { method, headers, body, cache: "no-store" });
+      bytes = new Uint8Array(await response.arrayBuffer());
+    } catch (error) {
+      this.onReport({ what, status: 0, sent, received: 0, ms: performance.now() - started });
+      throw new ApiError(0, `Could not reach the server (${error.message}).`);
+    }
+    const ms = performance.now() - started;
+    this.onReport({ what, status: response.status, sent, received: bytes.byteLength, ms });
+    const text = new TextDecoder().decode(bytes);
+    let data = null;
+    try {
+      data = JSON.parse(text);
+    } catch {
+      // not JSON: only an error answer can be (a proxy's page); handled below
+    }
+    if (!response.ok) {
+      throw new ApiError(response.status, errorMessage(response, data, text));
+    }
+    if (data === null) throw new ApiError(response.status, "The server's answer is not JSON.");
+    return data;
+  }
+}
+
+/** The server's `detail.msg`; FastAPI's 422 list; or the status line as a last resort. */
+export function errorMessage(response, data, text) {
+  const detail = data && data.detail;
+  if (detail && typeof detail.msg === "string") return detail.msg;
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail
+      .map((e) => (e.loc ? `${e.loc.join(".")}: ${e.msg}` : e.msg))
+      .join("; ");
+  }
+  const snippet = text ? `: ${text.slice(0, 200)}` : "";
+  return `HTTP ${response.status} ${response.statusText}${snippet}`;
+}
