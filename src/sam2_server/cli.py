@@ -1,4 +1,4 @@
-"""`sam2-server serve` and `sam2-server download`.
+"""`sam2-server serve`, `sam2-server download` and `sam2-server predict` (see predict.py).
 
 Flags override the environment (`MODEL_ID`, `AUTH_TOKEN`, `PORT`, ... as in
 Livepeer's runner), which overrides the defaults; `config.Settings` holds the
@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from sam2_server import __version__
+from sam2_server import __version__, predict
 from sam2_server.config import Settings, split_model_ids
 from sam2_server.errors import ConfigError
 
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "download", help="fetch a model's weights into the Hugging Face cache"
     )
     download.add_argument("model_id", help="e.g. facebook/sam2.1-hiera-large")
+    predict.add_parser(commands)
     return parser
 
 
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "download":
         return _download(args.model_id)
+    if args.command == "predict":
+        return predict.run(args)
     try:
         settings = (
             Settings.from_env()

@@ -7,9 +7,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from tests.conftest import LocalModel
 
 
 @dataclass
@@ -78,3 +84,15 @@ def start_server(
     except BaseException:
         server.stop()
         raise
+
+
+@contextmanager
+def serving_local(model: LocalModel, **env: str) -> Iterator[Server]:
+    """A server for a local checkpoint + config (the reduced test model), stopped after."""
+    server = start_server(
+        {"MODEL_ID": str(model.checkpoint), "MODEL_CONFIG": str(model.config), **env}
+    )
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -499,7 +499,7 @@ def load_server(reduced_model, tmp_path_factory):
 
 
 def test_load_mix(load_server, reduced_model, reduced_engine, tmp_path):
-    from sam2_server.api.forms import build_prompt
+    from sam2_server.prompts import build_prompt
 
     server, log = load_server
     served_id = str(reduced_model.checkpoint)

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DATA
-from tests.e2e.process import Server, start_server
+from tests.e2e.process import Server, serving_local
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -64,18 +64,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server(reduced_model) -> Iterator[Server]:
-    server = start_server(
-        {
-            "AUTH_TOKEN": TOKEN,
-            "MODEL_ID": str(reduced_model.checkpoint),
-            "MODEL_CONFIG": str(reduced_model.config),
-        }
-    )
-    try:
+    with serving_local(reduced_model, AUTH_TOKEN=TOKEN) as server:
         yield server
-    finally:
-        server.process.terminate()
-        server.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

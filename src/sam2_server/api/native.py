@@ -23,7 +23,6 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, field_validator
 
 from sam2_server.api.admission import Admission, estimate_work_bytes
-from sam2_server.api.forms import PromptLimits, array_from_json, check_numbers, prompt_from_arrays
 from sam2_server.api.pipeline import (
     check_finite,
     check_model,
@@ -37,6 +36,7 @@ from sam2_server.codecs.native import native_answer, unpack_array
 from sam2_server.config import Settings
 from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings
 from sam2_server.errors import ServiceError, bad_request
+from sam2_server.prompts import PromptLimits, array_from_json, check_numbers, prompt_from_arrays
 
 IMAGES_PATH = "/v1/images"
 SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]

@@ -29,7 +29,6 @@ from starlette.types import Message, Receive, Scope, Send
 
 from sam2_server import PIPELINE, __version__
 from sam2_server.api.admission import Admission, Ticket, estimate_work_bytes
-from sam2_server.api.forms import PromptLimits, build_prompt
 from sam2_server.api.observe import Metrics, RequestRecord
 from sam2_server.api.pipeline import (
     check_finite,
@@ -45,6 +44,7 @@ from sam2_server.codecs.native import MASK_FORMATS, native_answer
 from sam2_server.config import Settings
 from sam2_server.domain import Prediction, Prompt, Timings
 from sam2_server.errors import ServiceError, bad_request
+from sam2_server.prompts import PromptLimits, build_prompt
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sam2_server.api.forms import build_prompt
 from sam2_server.errors import ServiceError
+from sam2_server.prompts import build_prompt
 
 FIELDS = ("point_coords", "point_labels", "box", "mask_input")
 

@@ -1,8 +1,11 @@
-"""Form strings → a validated `Prompt`, or a 400 that names the field and the shape.
+"""Prompt fields → a validated `Prompt`, or a 400 that names the field and the shape.
 
 The reference parses each array field with `np.array(json.loads(s))` and
 hands whatever comes out to the model, which then fails (500) or, worse,
-succeeds on the wrong shape. Here every shape is checked before inference.
+succeeds on the wrong shape. Here every shape, number and work limit is
+checked before inference, by one set of rules for every surface: the
+Livepeer route's form text, the native API's JSON, the CLI. It lives outside
+`api/` so that the CLI's in-process mode needs no HTTP stack.
 """
 
 from __future__ import annotations
