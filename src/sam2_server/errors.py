@@ -22,6 +22,22 @@ def bad_request(message: str) -> ServiceError:
     return ServiceError(400, message)
 
 
+def field_too_large(limit: int) -> ServiceError:
+    return ServiceError(
+        413, f"A form field exceeds this server's limit of {limit} bytes (MAX_FIELD_BYTES)."
+    )
+
+
+def image_not_cached(image_id: str, model_id: str) -> ServiceError:
+    """The native API's 404: the image was never uploaded, or its embedding was evicted."""
+    shown = image_id if len(image_id) <= 80 else image_id[:80] + "..."
+    return ServiceError(
+        404,
+        f"image {shown} is not cached on this server for model {model_id} (never uploaded, "
+        "or evicted); upload it again with POST /v1/images.",
+    )
+
+
 # The reference's messages, kept verbatim: clients and dashboards match on them.
 PIPELINE_ERROR = "Segment-anything-2 pipeline error."
 OOM_ERROR = "Out of memory error. Try reducing input image resolution."

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from sam2_server.api.guard import error_body
-from sam2_server.errors import PIPELINE_ERROR, Cancelled, ServiceError
+from sam2_server.errors import PIPELINE_ERROR, Cancelled, ServiceError, field_too_large
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,8 @@ async def _service_error(request: Request, exc: Exception) -> Response:
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if _is_field_too_large(exc):
-        limit = request.app.state.settings.max_field_bytes
-        return json_error(
-            413,
-            f"A form field exceeds this server's limit of {limit} bytes (MAX_FIELD_BYTES).",
-        )
+        too_large = field_too_large(request.app.state.settings.max_field_bytes)
+        return json_error(too_large.status, too_large.message)
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     return json_error(exc.status_code, message, dict(exc.headers or {}))
 

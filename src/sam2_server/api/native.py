@@ -26,6 +26,7 @@ from sam2_server.api.admission import Admission, estimate_work_bytes
 from sam2_server.api.pipeline import (
     check_finite,
     check_model,
+    prompt_limits,
     request_record,
     require_ready,
     run_admitted,
@@ -35,7 +36,7 @@ from sam2_server.api.service import Segmenter
 from sam2_server.codecs.native import native_answer, unpack_array
 from sam2_server.config import Settings
 from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings
-from sam2_server.errors import ServiceError, bad_request
+from sam2_server.errors import ServiceError, bad_request, image_not_cached
 from sam2_server.prompts import PromptLimits, array_from_json, check_numbers, prompt_from_arrays
 
 IMAGES_PATH = "/v1/images"
@@ -110,11 +111,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
     # The token is checked by the guard before the body is read; this only
     # declares the bearer scheme in the schema.
     router = APIRouter(prefix=IMAGES_PATH, tags=["images"], dependencies=[Depends(bearer_scheme)])
-    limits = PromptLimits(
-        max_points=settings.max_points,
-        max_objects=settings.max_objects,
-        max_total_points=settings.max_total_points,
-    )
+    limits = prompt_limits(settings)
 
     @router.post(
         "",
@@ -162,7 +159,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         model = check_model(segmenter, model_id)
         info = segmenter.find_image(model, image_id) if _IMAGE_ID.match(image_id) else None
         if info is None:
-            raise _not_cached(image_id, model)
+            raise image_not_cached(image_id, model)
         return _json(_image_fields(info))
 
     @router.post(
@@ -182,12 +179,12 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         model = check_model(segmenter, body.model_id)
         record.details["model"] = model
         if not _IMAGE_ID.match(image_id):
-            raise _not_cached(image_id, model)
+            raise image_not_cached(image_id, model)
         prompt = await run_in_threadpool(_prompt, body, limits)
         require_ready(segmenter)
         info = segmenter.find_image(model, image_id)
         if info is None:
-            raise _not_cached(image_id, model)
+            raise image_not_cached(image_id, model)
         candidates = 3 if prompt.multimask_output else 1
         objects = prompt.num_objects
         record.details.update(width=info.width, height=info.height, objects=objects)
@@ -249,15 +246,6 @@ def _prompt(body: SegmentRequest, limits: PromptLimits) -> Prompt:
 def _array(value: list[Any] | None, name: str) -> Any:
     """An empty list means "not given", as an empty form field does on the Livepeer route."""
     return array_from_json(value, name) if value else None
-
-
-def _not_cached(image_id: str, model_id: str) -> ServiceError:
-    shown = image_id if len(image_id) <= 80 else image_id[:80] + "..."
-    return ServiceError(
-        404,
-        f"image {shown} is not cached on this server for model {model_id} (never uploaded, "
-        "or evicted); upload it again with POST /v1/images.",
-    )
 
 
 def _image_fields(info: ImageInfo) -> dict[str, Any]:

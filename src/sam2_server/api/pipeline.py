@@ -23,8 +23,10 @@ from starlette.types import Receive
 from sam2_server.api.admission import Admission, Ticket
 from sam2_server.api.observe import RequestRecord, record_of
 from sam2_server.api.service import Segmenter
+from sam2_server.config import Settings
 from sam2_server.domain import Prediction, Timings
 from sam2_server.errors import PIPELINE_ERROR, Cancelled, ServiceError, bad_request
+from sam2_server.prompts import PromptLimits
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,15 @@ def check_model(segmenter: Segmenter, model_id: str | None) -> str:
         shown = model_id if len(model_id) <= 200 else model_id[:200] + "..."
         raise bad_request(f"pipeline configured with {', '.join(served)} but called with {shown}.")
     return model_id or segmenter.default_model_id
+
+
+def prompt_limits(settings: Settings) -> PromptLimits:
+    """The work limits of every prompt, from the server's settings."""
+    return PromptLimits(
+        max_points=settings.max_points,
+        max_objects=settings.max_objects,
+        max_total_points=settings.max_total_points,
+    )
 
 
 def require_ready(segmenter: Segmenter) -> None:

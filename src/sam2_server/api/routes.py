@@ -33,6 +33,7 @@ from sam2_server.api.observe import Metrics, RequestRecord
 from sam2_server.api.pipeline import (
     check_finite,
     check_model,
+    prompt_limits,
     request_record,
     require_ready,
     run_admitted,
@@ -43,8 +44,8 @@ from sam2_server.codecs import encode_livepeer, estimate_livepeer_bytes, iter_li
 from sam2_server.codecs.native import MASK_FORMATS, native_answer
 from sam2_server.config import Settings
 from sam2_server.domain import Prediction, Prompt, Timings
-from sam2_server.errors import ServiceError, bad_request
-from sam2_server.prompts import PromptLimits, build_prompt
+from sam2_server.errors import bad_request, field_too_large
+from sam2_server.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +86,7 @@ def build_router(settings: Settings, admission: Admission, metrics: Metrics) -> 
     router = APIRouter()
     max_field_bytes = settings.max_field_bytes
     form_limits = {"max_part_size": max_field_bytes}
-    limits = PromptLimits(
-        max_points=settings.max_points,
-        max_objects=settings.max_objects,
-        max_total_points=settings.max_total_points,
-    )
+    limits = prompt_limits(settings)
 
     @router.post(
         SEGMENT_PATH,
@@ -241,7 +238,9 @@ def build_router(settings: Settings, admission: Admission, metrics: Metrics) -> 
             prediction = segmenter.segment(
                 model, image_bytes, prompt, timings=timings, cancelled=cancelled
             )
-            return hashlib.sha256(image_bytes).hexdigest(), check_finite(prediction)
+            # Only the native answer names the image; Livepeer's answer needs no second hash.
+            image_id = "" if native_format is None else hashlib.sha256(image_bytes).hexdigest()
+            return image_id, check_finite(prediction)
 
         (image_id, prediction), ticket = await run_admitted(request, admission, cost, timings, work)
         if native_format is not None:
@@ -307,14 +306,10 @@ async def _field_text(value: str | UploadFile | None, name: str, limit: int) -> 
     if not isinstance(value, StarletteUpload):
         return value
     if value.size is not None and value.size > limit:
-        raise ServiceError(
-            413, f"A form field exceeds this server's limit of {limit} bytes (MAX_FIELD_BYTES)."
-        )
+        raise field_too_large(limit)
     data = await value.read(limit + 1)
     if len(data) > limit:
-        raise ServiceError(
-            413, f"A form field exceeds this server's limit of {limit} bytes (MAX_FIELD_BYTES)."
-        )
+        raise field_too_large(limit)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:

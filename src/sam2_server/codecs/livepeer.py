@@ -73,8 +73,7 @@ def iter_livepeer(prediction: Prediction, chunk_bytes: int = 1 << 20) -> Iterato
     pending: list[bytes | memoryview] = []
     size = 0
     for name, array in fields:
-        for piece in (b'","' if name != b"masks" else b'{"', name, b'":"'):
-            pending.append(piece)
+        pending += [b'{"' if name == b"masks" else b'","', name, b'":"']
         for piece in _write(np.ascontiguousarray(array, dtype=np.float32)):
             pending.append(piece)
             size += len(piece)

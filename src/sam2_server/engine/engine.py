@@ -53,7 +53,7 @@ from sam2_server.engine.models import (
     select_device,
 )
 from sam2_server.engine.registry import ModelRegistry, ModelState, one_line
-from sam2_server.errors import OOM_ERROR, Cancelled, ServiceError
+from sam2_server.errors import OOM_ERROR, Cancelled, ServiceError, image_not_cached
 
 logger = logging.getLogger(__name__)
 
@@ -486,11 +486,7 @@ class Engine:
         loaded = self._model(model_id, cancelled)
         embedding = self.cache.peek((model_id, image_id.lower()))
         if embedding is None:
-            raise ServiceError(
-                404,
-                f"image {image_id[:80]} is not cached on this server for model {model_id} "
-                "(never uploaded, or evicted); upload it again with POST /v1/images.",
-            )
+            raise image_not_cached(image_id, model_id)
         with self._counter_lock:
             self._hits_by_id += 1
         _check(cancelled)
