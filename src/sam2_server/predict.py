@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import itertools
 import json
 import logging
@@ -428,7 +427,7 @@ def write_outputs(
                 path = output / name
                 Image.fromarray(mask.astype(np.uint8) * 255).save(path)
                 written.append((path, np.float32(score)))
-        image = to_rgb(Image.open(io.BytesIO(image_bytes)))
+        image = _as_model_saw_it(image_bytes)
         overlay(image, [candidates[0] for candidates in per_object]).save(output / "overlay.png")
         np.save(output / "logits.npy", answer.logits)
     except OSError as exc:
@@ -436,14 +435,15 @@ def write_outputs(
     return written
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB for display; 16-bit and float grayscale are stretched rather than clipped."""
-    if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
-        pixels = np.asarray(image, dtype=np.float64)
-        low, high = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else pixels * 0
-        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")
+def _as_model_saw_it(image_bytes: bytes) -> Image.Image:
+    """The pixels the model was given: 16-bit and float images scaled as the server does."""
+    from sam2_server.errors import ServiceError
+    from sam2_server.images import decode_image
+
+    try:
+        return decode_image(image_bytes, max_pixels=sys.maxsize)
+    except ServiceError as exc:
+        raise UsageError(exc.message) from None
 
 
 def overlay(image: Image.Image, masks: list[np.ndarray]) -> Image.Image:

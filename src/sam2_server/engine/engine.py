@@ -43,7 +43,6 @@ from sam2_server.config import Settings
 from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings, sort_best_first
 from sam2_server.engine.batching import Batcher
 from sam2_server.engine.cache import EmbeddingCache
-from sam2_server.engine.images import decode_image, probe_image
 from sam2_server.engine.models import (
     ModelLoadError,
     ModelSpec,
@@ -54,6 +53,7 @@ from sam2_server.engine.models import (
 )
 from sam2_server.engine.registry import ModelRegistry, ModelState, one_line
 from sam2_server.errors import OOM_ERROR, Cancelled, ServiceError, image_not_cached
+from sam2_server.images import decode_image, probe_image
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from sam2_server.engine import images
-from sam2_server.engine.images import decode_image, probe_image
+from sam2_server import images
 from sam2_server.errors import ServiceError
+from sam2_server.images import decode_image, probe_image
 from tests.conftest import image_bytes
 
 # Pillow warns on some damaged files; a server run with warnings as errors must

@@ -11,8 +11,10 @@ and `convert()`. Every stage therefore turns any exception into a 400 whose
 message starts with "image:", except MemoryError, which is the server's
 problem and must reach the engine's out-of-memory handling.
 
-This module must stay cheap to import and never import torch: the API layer
-probes uploads with `probe_image` before any model work.
+This module must stay cheap to import and never import torch (it lives
+outside `engine/` for that): the API layer probes uploads with `probe_image`
+before any model work, and the CLI draws its overlay on the image exactly as
+the model was given it, without torch in its `--url` mode.
 """
 
 from __future__ import annotations
