@@ -67,6 +67,57 @@ def reduced_model(tmp_path_factory: pytest.TempPathFactory) -> LocalModel:
     return LocalModel(checkpoint, config)
 
 
+# Video tests: the reduced model at a 256x256 input (16x16 feature maps), so that
+# SAM2's memory attention, which grows with the square of the feature map, costs
+# well under a second per frame on two CPU cores. The library adapts every part
+# to the input size (RoPE, positional embeddings, mask upsampling).
+VIDEO_TEST_OVERRIDES = (*REDUCED_OVERRIDES, "++model.image_size=256")
+VIDEO_FRAMES = sorted((DATA / "video-bedroom").glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def video_model(tmp_path_factory: pytest.TempPathFactory) -> LocalModel:
+    folder = tmp_path_factory.mktemp("video-model")
+    config = write_config(folder / "sam2.1_hiera_video.yaml", overrides=VIDEO_TEST_OVERRIDES)
+    checkpoint = write_checkpoint(
+        folder / "sam2.1_hiera_video.pt", overrides=VIDEO_TEST_OVERRIDES, seed=5
+    )
+    return LocalModel(checkpoint, config)
+
+
+@pytest.fixture(scope="session")
+def video_settings(video_model: LocalModel):
+    from sam2_server.config import Settings
+
+    return Settings(
+        model_ids=(str(video_model.checkpoint),),
+        model_config=str(video_model.config),
+        device="cpu",
+        video_max_sessions=3,
+        video_max_frames=8,
+    )
+
+
+@pytest.fixture(scope="session")
+def video_engine(video_settings):
+    from sam2_server.engine import Engine
+
+    engine = Engine(video_settings)
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def video_client(video_settings, video_engine) -> Iterator:
+    from fastapi.testclient import TestClient
+
+    from sam2_server.api import create_app
+
+    app = create_app(video_settings, video_engine, load=False)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
 def place_in_hf_cache(repo_id: str, filename: str, payload: Path) -> Path:
     """Lay out a file as hf_hub_download does: blobs/<sha256>, a snapshot link, refs/main."""
     repo = Path(os.environ["HF_HUB_CACHE"]) / f"models--{repo_id.replace('/', '--')}"
@@ -138,3 +189,11 @@ def client(reduced_settings, reduced_engine) -> Iterator:
 
 def image_bytes(name: str = "groceries.jpg") -> bytes:
     return (DATA / name).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def video_reference(video_model: LocalModel):
+    """The fixed library's answers on the bedroom frames (see tests/video_reference.py)."""
+    from tests.video_reference import reference, reference_run
+
+    return reference_run(reference(video_model))

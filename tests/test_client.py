@@ -13,30 +13,36 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from PIL import Image
 
+from sam2_server import client as client_module
 from sam2_server.client import (
     AsyncClient,
+    AutomaticMask,
     Client,
     Result,
     Sam2Error,
     encode_image,
+    frame_files,
     pack,
     unpack,
 )
 from sam2_server.domain import Prompt
-from tests.conftest import DATA, image_bytes
+from tests.conftest import DATA, VIDEO_FRAMES, image_bytes
 from tests.e2e.process import Server, free_port, serving_local
 
 TOKEN = "client-token"
@@ -403,6 +409,113 @@ def test_async_client_gives_the_same_answers(server: Server, reduced_engine) -> 
     assert calls.seen.count("POST /v1/images") == 1
 
 
+# -- automatic masks ---------------------------------------------------------------------
+
+# Random weights: masks the default thresholds would drop, and near duplicates kept.
+RELAXED = {
+    "points_per_side": 2,
+    "pred_iou_thresh": 0.0,
+    "stability_score_thresh": 0.0,
+    "box_nms_thresh": 1.0,
+}
+
+
+def small_photo() -> bytes:
+    buffer = io.BytesIO()
+    Image.open(DATA / "groceries.jpg").convert("RGB").resize((96, 64)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def engine_automatic(engine, data: bytes, **options) -> list:
+    from sam2_server.codecs.automatic import rle_to_mask
+    from sam2_server.domain import AutomaticParams
+
+    image = engine.add_image(engine.default_model_id, data)
+    _, records = engine.automatic_masks(
+        engine.default_model_id, image.image_id, AutomaticParams(**options)
+    )
+    return [(rle_to_mask(r.segmentation), r) for r in records]
+
+
+def assert_same_records(masks: list[AutomaticMask], expected: list) -> None:
+    assert len(masks) == len(expected)
+    for mask, (segmentation, record) in zip(masks, expected, strict=True):
+        assert mask.segmentation.dtype == np.bool_
+        np.testing.assert_array_equal(mask.segmentation, segmentation)
+        for name in ("area", "bbox", "predicted_iou", "point_coords", "stability_score"):
+            assert getattr(mask, name) == getattr(record, name), name
+        assert mask.crop_box == record.crop_box
+        assert list(mask.record()) == [
+            "segmentation",
+            "area",
+            "bbox",
+            "predicted_iou",
+            "point_coords",
+            "stability_score",
+            "crop_box",
+        ]
+
+
+def test_automatic_masks_are_the_engines_and_upload_once(server: Server, reduced_engine) -> None:
+    data = small_photo()
+    client, calls = counted_client(server.url)
+    with client:
+        masks = client.automatic_masks(data, **RELAXED)
+        assert calls.take() == [
+            "GET /v1/images/{id}",
+            "POST /v1/images",
+            "POST /v1/images/{id}/automatic-masks",
+        ]
+        single = client.automatic_masks(data, multimask_output=False, **RELAXED)
+        assert calls.take() == ["POST /v1/images/{id}/automatic-masks"]  # known: no upload
+        with pytest.raises(Sam2Error) as caught:
+            client.automatic_masks(data, points_per_side=0)
+    assert caught.value.status == 400
+    assert "points_per_side" in caught.value.message
+    assert len(masks) == 12  # 4 points x 3 candidates, none dropped
+    expected = engine_automatic(reduced_engine, data, **RELAXED)
+    assert_same_records(masks, expected)
+    assert len(single) == 4
+    expected_single = engine_automatic(reduced_engine, data, multimask_output=False, **RELAXED)
+    assert_same_records(single, expected_single)
+
+    async def main() -> list[AutomaticMask]:
+        async with AsyncClient(server.url, TOKEN) as client:
+            return await client.automatic_masks(hashlib.sha256(data).hexdigest(), **RELAXED)
+
+    assert_same_records(asyncio.run(main()), expected)
+
+
+def test_automatic_options_are_the_librarys_names() -> None:
+    with Client("http://127.0.0.1:9") as client, pytest.raises(TypeError, match="points_per_sid"):
+        client.automatic_masks(b"not sent", points_per_sid=4)  # type: ignore[call-arg]
+
+
+def test_a_server_without_the_new_routes_says_so() -> None:
+    """An older sam2-server: the framework's plain 404s, not an eviction to retry."""
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        route = f"{request.method} {_route(request.url.path)}"
+        seen.append(route)
+        if route == "GET /v1/images/{id}":
+            return httpx.Response(200, json={"image_id": "ab" * 32})
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    with Client("http://sam2", transport=httpx.MockTransport(handle)) as client:
+        with pytest.raises(
+            Sam2Error, match=re.escape("has no POST /v1/images/{id}/automatic-masks")
+        ):
+            client.automatic_masks(b"image")
+        with pytest.raises(Sam2Error, match="has no POST /v1/videos"):
+            client.open_video(b"video")
+    assert seen == [
+        "GET /v1/images/{id}",
+        "POST /v1/images/{id}/automatic-masks",
+        "POST /v1/videos",
+    ]
+
+
 # -- against a Livepeer runner -----------------------------------------------------------
 
 
@@ -444,6 +557,279 @@ def test_async_client_falls_back_too(livepeer_only: str, reduced_engine) -> None
     native, result = asyncio.run(main())
     assert native is False
     assert_same(result, engine_answer(reduced_engine, data, points=POINTS, labels=LABELS))
+
+
+def test_a_livepeer_runner_has_no_automatic_masks(livepeer_only: str) -> None:
+    with Client(livepeer_only, TOKEN) as client, pytest.raises(Sam2Error) as caught:
+        client.automatic_masks(small_photo(), **RELAXED)
+    assert caught.value.status == 404
+    assert "Livepeer runner" in caught.value.message
+
+
+# -- video sessions: a real HTTP server in this process, on the shared video test engine --
+
+
+@contextmanager
+def serving_in_thread(app) -> Iterator[str]:
+    """uvicorn on loopback in a thread: real streaming, without a process to start."""
+    port = free_port()
+    runner = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not runner.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def video_server(video_settings, video_engine) -> Iterator[str]:
+    from sam2_server.api import create_app
+
+    with serving_in_thread(create_app(video_settings, video_engine, load=False)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """Three frames, named so that only a number-by-number sort orders them."""
+    folder = tmp_path_factory.mktemp("clip")
+    for name, frame in zip(("8.jpg", "9.jpg", "10.jpg"), VIDEO_FRAMES, strict=False):
+        (folder / name).write_bytes(frame.read_bytes())
+    return folder
+
+
+VIDEO_POINTS = [[300.0, 200.0], [620.0, 310.0]]
+VIDEO_BOX = [480.0, 90.0, 820.0, 420.0]
+
+
+def engine_video(engine, frames: list[bytes], *propagations: dict) -> tuple[list, list]:
+    """The engine's own answers to the prompts the tests send, then each propagation
+    in turn, all in one session: (prompt frames, [frames of each propagation])."""
+    from sam2_server.domain import VideoPrompt
+
+    videos = engine.videos
+    info = videos.open(engine.default_model_id, frames=[io.BytesIO(f) for f in frames])
+    try:
+        prompts = [
+            videos.prompt(
+                info.video_id,
+                VideoPrompt(0, 1, np.array(VIDEO_POINTS, np.float32), np.array([1, 0]), None),
+            ),
+            videos.prompt(
+                info.video_id, VideoPrompt(0, 2, None, None, np.array(VIDEO_BOX, np.float32))
+            ),
+        ]
+        runs = []
+        for run in propagations:
+            steps = videos.propagate(
+                info.video_id,
+                run.get("start_frame_index"),
+                run.get("max_frames"),
+                run.get("reverse", False),
+            )
+            runs.append(list(steps))
+        return prompts, runs
+    finally:
+        videos.close(info.video_id)
+
+
+@pytest.fixture(scope="module")
+def video_expected(video_engine) -> tuple[list, list, list]:
+    """The engine's answers on the clip's frames: prompts, forward, then reverse from 2."""
+    frames = [VIDEO_FRAMES[i].read_bytes() for i in range(3)]
+    prompts, (forward, backward) = engine_video(
+        video_engine, frames, {}, {"start_frame_index": 2, "reverse": True}
+    )
+    return prompts, forward, backward
+
+
+def assert_frame(masks: dict[int, np.ndarray], expected) -> None:
+    assert list(masks) == list(expected.object_ids)
+    for mask, want in zip(masks.values(), expected.masks, strict=True):
+        assert mask.dtype == np.bool_
+        np.testing.assert_array_equal(mask, want)
+
+
+def test_frame_files_are_in_frame_order(tmp_path: Path) -> None:
+    names = ["10.jpg", "9.jpg", "00008.JPG", "frame_10.png", "frame_9.png", "b.webp", "a.jpeg"]
+    for name in [*names, "notes.txt", ".hidden.jpg"]:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub.jpg").mkdir()  # a folder, whatever its name
+    ordered = ["00008.JPG", "9.jpg", "10.jpg", "a.jpeg", "b.webp", "frame_9.png", "frame_10.png"]
+    assert [p.name for p in frame_files(tmp_path)] == ordered
+    with pytest.raises(ValueError, match="holds no frame images"):
+        frame_files(tmp_path / "sub.jpg")
+    with pytest.raises(ValueError, match="not a folder"):
+        frame_files(tmp_path / "10.jpg")
+
+
+def test_video_arguments_are_checked_before_any_request(tmp_path: Path) -> None:
+    with Client("http://127.0.0.1:9") as client:
+        with pytest.raises(ValueError, match="either video"):
+            client.open_video()
+        with pytest.raises(ValueError, match="either video"):
+            client.open_video(b"video", frames=[b"frame"])
+        with pytest.raises(ValueError, match="no frame given"):
+            client.open_video(frames=[])
+        with pytest.raises(ValueError, match="not a folder"):
+            client.open_video(frames=str(tmp_path / "nope"))
+        text = tmp_path / "clip.txt"
+        text.write_text("text")
+        with text.open() as file, pytest.raises(TypeError, match="binary mode"):
+            client.open_video(file)  # type: ignore[arg-type]
+
+
+def test_a_video_session_gives_the_engines_masks(
+    video_server: str, video_engine, clip: Path, video_expected
+) -> None:
+    prompts, forward, backward = video_expected
+    with Client(video_server) as client, client.open_video(frames=clip) as video:
+        assert (video.frames, video.width, video.height, video.fps) == (3, 960, 540, None)
+        assert video.model_id == video_engine.default_model_id
+        assert_frame(video.prompt(0, 1, points=VIDEO_POINTS, labels=[1, 0]), prompts[0])
+        assert_frame(video.prompt(0, 2, box=VIDEO_BOX), prompts[1])
+        assert video.objects() == [1, 2]
+        frames_seen = list(video.propagate())
+        assert [f.frame_index for f in frames_seen] == [0, 1, 2]
+        for frame, expected in zip(frames_seen, forward, strict=True):
+            assert_frame(frame.masks, expected)
+        with video.propagate(start_frame_index=2, reverse=True) as propagation:
+            for (frame_index, masks), expected in zip(propagation, backward, strict=True):
+                assert frame_index == expected.frame_index
+                assert_frame(masks, expected)
+        assert [f.frame_index for f in backward] == [2, 1, 0]
+    assert video.closed
+    assert video_engine.videos.stats()["sessions"] == 0
+
+
+def test_a_closed_propagation_frees_the_session_and_stops_the_work(
+    video_server: str, video_engine
+) -> None:
+    with Client(video_server) as client, client.open_video(frames=VIDEO_FRAMES) as video:
+        assert video.frames == 8
+        video.prompt(0, 1, points=VIDEO_POINTS[:1])
+        before = video_engine.videos.frames_propagated
+        propagation = video.propagate()
+        assert video_engine.videos.frames_propagated == before  # nothing sent yet: lazy
+        assert next(propagation).frame_index == 0
+        propagation.close()
+        # Released at the frame in progress: a prompt soon succeeds.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                masks = video.prompt(1, 1, points=VIDEO_POINTS[:1])
+                break
+            except Sam2Error as exc:
+                if exc.status != 409 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+        assert list(masks) == [1]
+        assert video_engine.videos.frames_propagated - before < 8
+        assert list(propagation) == []  # closed for good
+
+
+def test_video_errors_carry_the_servers_message(video_server: str) -> None:
+    with Client(video_server) as client:
+        with pytest.raises(Sam2Error) as caught:
+            client.open_video(frames=[b"not an image"])
+        assert caught.value.status == 400
+        assert caught.value.message.startswith("frames[0]:")
+        video = client.open_video(frames=VIDEO_FRAMES[:2])
+        with video:
+            propagation = video.propagate()
+            with pytest.raises(Sam2Error) as caught:
+                next(propagation)  # the request goes out here
+            assert caught.value.status == 400
+            assert "Nothing to propagate" in caught.value.message
+            with pytest.raises(Sam2Error) as caught:
+                video.prompt(2, 1, points=VIDEO_POINTS[:1])
+            assert (caught.value.status, caught.value.message) == (
+                400,
+                "frame_index: 2 is not a frame of this video (0 to 1).",
+            )
+            for object_id in (3, 5):
+                video.prompt(0, object_id, box=VIDEO_BOX)
+            video.remove_object(3)
+            assert video.objects() == [5]
+            with pytest.raises(Sam2Error) as caught:
+                video.remove_object(3)
+            assert caught.value.status == 404
+            video.reset()
+            assert video.objects() == []
+        assert video.closed
+        with pytest.raises(Sam2Error) as caught:
+            video.prompt(0, 1, box=VIDEO_BOX)
+        assert caught.value.status == 404
+        assert "No video session" in caught.value.message
+        video.close()  # again: nothing to do
+        client._run(client_module._close_video_flow(video.video_id))  # gone: still no error
+
+
+def test_an_error_line_ends_the_stream_as_a_sam2_error() -> None:
+    from sam2_server.codecs.native import encode_rle
+
+    mask = np.zeros((4, 6), dtype=bool)
+    mask[1:3, 2:5] = True
+    lines = [
+        {"frame_index": 0, "objects": [{"object_id": 7, "mask": encode_rle(mask)}]},
+        {"error": {"status": 503, "msg": "video memory full"}},
+    ]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/videos":
+            info = {"video_id": "ab" * 16, "model_id": "m", "frames": 2, "width": 6, "height": 4}
+            return httpx.Response(201, json=info)
+        if request.url.path.endswith("/propagate"):
+            body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+            return httpx.Response(200, content=body)
+        return httpx.Response(204)
+
+    with Client("http://sam2", transport=httpx.MockTransport(handle)) as client:
+        video = client.open_video(b"clip")
+        assert video.fps is None
+        propagation = video.propagate()
+        first = next(propagation)
+        assert first.frame_index == 0
+        np.testing.assert_array_equal(first.masks[7], mask)
+        with pytest.raises(Sam2Error) as caught:
+            next(propagation)
+        assert (caught.value.status, caught.value.message) == (503, "video memory full")
+        assert list(propagation) == []
+
+
+def test_async_video_sessions_give_the_same_masks(
+    video_server: str, clip: Path, video_expected
+) -> None:
+    prompts, forward, _ = video_expected
+
+    async def main() -> tuple[list, list, bool]:
+        async with AsyncClient(video_server) as client:
+            async with client.open_video(frames=clip) as video:
+                answers = [
+                    await video.prompt(0, 1, points=VIDEO_POINTS, labels=[1, 0]),
+                    await video.prompt(0, 2, box=VIDEO_BOX),
+                ]
+                async with video.propagate() as propagation:
+                    frames = [frame async for frame in propagation]
+                assert await video.objects() == [1, 2]
+            opened = await client.open_video(frames=[p.read_bytes() for p in VIDEO_FRAMES[:1]])
+            assert opened.frames == 1
+            await opened.aclose()
+            return answers, frames, video.closed and opened.closed
+
+    answers, frames, closed = asyncio.run(main())
+    assert closed
+    for masks, expected in zip(answers, prompts, strict=True):
+        assert_frame(masks, expected)
+    assert [f.frame_index for f in frames] == [0, 1, 2]
+    for frame, expected in zip(frames, forward, strict=True):
+        assert_frame(frame.masks, expected)
 
 
 # -- eviction (last: it pushes the shared images out of the cache) -----------------------

@@ -1,4 +1,5 @@
-"""`sam2-server serve`, `sam2-server download` and `sam2-server predict` (see predict.py).
+"""`sam2-server serve`, `download`, and the clients `predict`, `automatic` and `track`
+(predict.py, automatic_cli.py, track.py).
 
 Flags override the environment (`MODEL_ID`, `AUTH_TOKEN`, `PORT`, ... as in
 Livepeer's runner), which overrides the defaults; `config.Settings` holds the
@@ -13,7 +14,7 @@ import logging
 import os
 import sys
 
-from sam2_server import __version__, predict
+from sam2_server import __version__, automatic_cli, predict, track
 from sam2_server.config import Settings, split_model_ids
 from sam2_server.errors import ConfigError
 
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     download.add_argument("model_id", help="e.g. facebook/sam2.1-hiera-large")
     predict.add_parser(commands)
+    automatic_cli.add_parser(commands)
+    track.add_parser(commands)
     return parser
 
 
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return _download(args.model_id)
     if args.command == "predict":
         return predict.run(args)
+    if args.command == "automatic":
+        return automatic_cli.run(args)
+    if args.command == "track":
+        return track.run(args)
     try:
         settings = (
             Settings.from_env()

@@ -87,6 +87,22 @@ class Settings:
     # None: 8 GiB (every SAM2 size fits at once, fp32 large is ~0.9 GB).
     model_memory_bytes: int | None = None
 
+    # -- automatic masks (each a 400 past it): the work grows with the square of
+    # points_per_side, and each crop layer multiplies it again --
+    max_points_per_side: int = 64
+    max_crop_layers: int = 2
+    max_points_per_batch: int = 256
+
+    # -- video sessions: each holds its frames (3 MiB each at the model's 1024x1024)
+    # and SAM2's memory for every object on every frame tracked --
+    video_max_sessions: int = 8  # open at once; past it 503 + Retry-After
+    video_max_frames: int = 1000  # per session; past it 413
+    video_max_pixels: int = 3840 * 2160  # per frame of the upload; past it 400
+    video_max_objects: int = 32  # per session; past it 400
+    video_idle_timeout_s: float = 600.0  # a session untouched this long is closed
+    # All sessions' frames and state; None: a quarter of the machine's memory, at most 8 GiB.
+    video_memory_bytes: int | None = None
+
     @property
     def default_model_id(self) -> str:
         return self.model_ids[0]
@@ -137,6 +153,17 @@ class Settings:
             drain_timeout_s=_float(env, "DRAIN_TIMEOUT", base.drain_timeout_s),
             exit_on_load_error=_bool(env, "EXIT_ON_LOAD_ERROR", base.exit_on_load_error),
             model_memory_bytes=_int(env, "MODEL_MEMORY_BYTES", None),
+            max_points_per_side=_int(env, "MAX_POINTS_PER_SIDE", base.max_points_per_side),
+            max_crop_layers=_int(env, "MAX_CROP_LAYERS", base.max_crop_layers, allow_zero=True),
+            max_points_per_batch=_int(env, "MAX_POINTS_PER_BATCH", base.max_points_per_batch),
+            video_max_sessions=_int(env, "VIDEO_MAX_SESSIONS", base.video_max_sessions),
+            video_max_frames=_int(env, "VIDEO_MAX_FRAMES", base.video_max_frames),
+            video_max_pixels=_int(env, "VIDEO_MAX_PIXELS", base.video_max_pixels),
+            video_max_objects=_int(env, "VIDEO_MAX_OBJECTS", base.video_max_objects),
+            video_idle_timeout_s=_float(
+                env, "VIDEO_IDLE_TIMEOUT", base.video_idle_timeout_s, positive=True
+            ),
+            video_memory_bytes=_int(env, "VIDEO_MEMORY_BYTES", None),
         )
 
     def validate(self) -> Settings:

@@ -108,3 +108,88 @@ class ImageInfo:
     width: int
     height: int
     cached: bool  # True when the embedding was already there (no encoder run)
+
+
+# -- video sessions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """A video session as the native API describes it (`objects` in the order added)."""
+
+    video_id: str
+    model_id: str
+    frames: int
+    width: int
+    height: int
+    fps: float | None  # None for a session built from frame images
+    objects: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class FrameMasks:
+    """Every tracked object's binary mask (H x W bool, the clip's size) on one frame."""
+
+    frame_index: int
+    object_ids: tuple[int, ...]
+    masks: np.ndarray  # objects x H x W, bool
+
+
+@dataclass(frozen=True)
+class VideoPrompt:
+    """Points and/or a box for one object on one frame (SAM2's add_new_points_or_box)."""
+
+    frame_index: int
+    object_id: int
+    points: np.ndarray | None  # N x 2 float32
+    labels: np.ndarray | None  # N int32
+    box: np.ndarray | None  # 4 float32, XYXY
+    clear_old_points: bool = True
+    normalize_coords: bool = True
+
+
+# -- automatic masks (below this line: owned by the automatic-masks work) ---------------
+
+
+@dataclass(frozen=True)
+class AutomaticParams:
+    """SAM2AutomaticMaskGenerator's parameters, with the library's own defaults (sam2 1.1.0).
+
+    The HTTP layer checks them against the server's bounds; the engine hands
+    them to the library unchanged, so an answer equals `generate()`'s.
+    """
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.8
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    mask_threshold: float = 0.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0
+    use_m2m: bool = False
+    multimask_output: bool = True
+
+
+@dataclass(frozen=True)
+class MaskRecord:
+    """One mask of `generate()`, with its segmentation as an uncompressed RLE.
+
+    The RLE (`{"size": [h, w], "counts": [ints]}`: run lengths over the
+    column-major pixels, background first) is what the library itself keeps,
+    so hundreds of masks never exist as H x W arrays at once; the codec turns
+    it into COCO RLE or PNG. The other fields are the library's values as it
+    returns them (Python ints or floats), so the JSON equals its records'.
+    """
+
+    segmentation: dict[str, list[int]]  # {"size": [h, w], "counts": [...]}
+    area: int
+    bbox: list[float]  # XYWH
+    predicted_iou: float
+    point_coords: list[list[float]]  # the one grid point that prompted this mask
+    stability_score: float
+    crop_box: list[float]  # XYWH

@@ -31,13 +31,17 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from sam2_server.config import Settings
+    from sam2_server.engine import Engine
 
 LOW_RES = 256
 # Object colours for the overlay (the first is the SAM2 demo's blue).
@@ -124,6 +128,17 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--single", action="store_true", help="one mask instead of three candidates"
     )
+    add_target_arguments(parser, "predict")
+    return parser
+
+
+def add_target_arguments(
+    parser: argparse.ArgumentParser,
+    command: str,
+    url_help: str = "a sam2-server (or Livepeer runner) to ask instead",
+) -> None:
+    """Where the model runs (in-process, or --url), and --output: every command that
+    computes masks takes these, and reports a bad argument as one line."""
     parser.add_argument(
         "--model-id", help="model to use (env MODEL_ID; on a server, its default when omitted)"
     )
@@ -132,7 +147,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="SAM2 config for a local checkpoint, in-process only (env MODEL_CONFIG)",
     )
     parser.add_argument("--device", help="torch device, in-process only (env DEVICE)")
-    parser.add_argument("--url", help="a sam2-server (or Livepeer runner) to ask instead")
+    parser.add_argument("--url", help=url_help)
     parser.add_argument("--token", help="bearer token for --url (default: env AUTH_TOKEN)")
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for --url (default 300)"
@@ -141,16 +156,15 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
     def one_line_error(message: str) -> NoReturn:
         # argparse prints the usage block too; the contract of this command is one line.
-        parser.exit(2, f"sam2-server predict: {message} (see --help)\n")
+        parser.exit(2, f"sam2-server {command}: {message} (see --help)\n")
 
     parser.error = one_line_error  # type: ignore[method-assign]
-    return parser
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
     """`X,Y` or `X,Y:LABEL` (label 1 foreground, 0 background)."""
     coords, _, label = text.partition(":")
-    values = _numbers(coords, 2, "X,Y[:LABEL]", text)
+    values = parse_numbers(coords, 2, "X,Y[:LABEL]", text)
     if label.strip() not in ("", "0", "1"):
         raise argparse.ArgumentTypeError(
             f"the label must be 1 (foreground) or 0 (background), got {text!r}"
@@ -159,11 +173,12 @@ def parse_point(text: str) -> tuple[float, float, int]:
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = _numbers(text, 4, "X0,Y0,X1,Y1", text)
+    x0, y0, x1, y1 = parse_numbers(text, 4, "X0,Y0,X1,Y1", text)
     return x0, y0, x1, y1
 
 
-def _numbers(text: str, count: int, syntax: str, given: str) -> list[float]:
+def parse_numbers(text: str, count: int, syntax: str, given: str) -> list[float]:
+    """`count` finite numbers separated by commas, else an argparse error quoting `given`."""
     parts = text.split(",")
     try:
         values = [float(part) for part in parts]
@@ -184,7 +199,7 @@ def load_mask_input(path: str) -> np.ndarray:
                 data = _json_logits(json.load(file))
         array = np.asarray(data, dtype=np.float32)
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise UsageError(f"cannot read --mask-input {path}: {_reason(exc)}") from None
+        raise UsageError(f"cannot read --mask-input {path}: {reason(exc)}") from None
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3 or array.shape[1:] != (LOW_RES, LOW_RES) or array.shape[0] == 0:
@@ -211,7 +226,8 @@ def _json_logits(data: Any) -> Any:
     return data
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """An OSError's plain words ("No such file or directory"), else the message."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
@@ -232,9 +248,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     request, image_bytes = _check(args)
     if args.url:
-        token = args.token if args.token is not None else os.environ.get("AUTH_TOKEN")
         answer = predict_remote(
-            args.url, token or None, image_bytes, request, args.model_id, args.timeout
+            args.url, token_of(args), image_bytes, request, args.model_id, args.timeout
         )
     else:
         answer = predict_local(image_bytes, request, args.model_id, args.model_config, args.device)
@@ -245,13 +260,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> tuple[Request, bytes]:
     """Everything the user can get wrong, before any model or network work."""
-    if not args.url:
-        if args.token is not None:
-            raise UsageError("--token needs --url (it is the server's bearer token)")
-    else:
-        for flag, value in (("--model-config", args.model_config), ("--device", args.device)):
-            if value is not None:
-                raise UsageError(f"{flag} applies in-process only; the server at --url has its own")
+    check_target(args)
     if len(args.box) > 1 and args.point:
         raise UsageError(
             "--point cannot be combined with several --box (each box is its own object); "
@@ -260,13 +269,9 @@ def _check(args: argparse.Namespace) -> tuple[Request, bytes]:
     try:
         image_bytes = Path(args.image).read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read image {args.image}: {_reason(exc)}") from None
+        raise UsageError(f"cannot read image {args.image}: {reason(exc)}") from None
     mask_input = load_mask_input(args.mask_input) if args.mask_input else None
-    output = Path(args.output)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create --output {output}: {_reason(exc)}") from None
+    make_output(args.output)
     request = Request(
         points=[(x, y) for x, y, _ in args.point],
         labels=[label for _, _, label in args.point],
@@ -275,6 +280,49 @@ def _check(args: argparse.Namespace) -> tuple[Request, bytes]:
         multimask_output=not args.single,
     )
     return request, image_bytes
+
+
+def check_target(args: argparse.Namespace) -> None:
+    """The flags of `add_target_arguments` that contradict each other."""
+    if not args.url:
+        if args.token is not None:
+            raise UsageError("--token needs --url (it is the server's bearer token)")
+    else:
+        for flag, value in (("--model-config", args.model_config), ("--device", args.device)):
+            if value is not None:
+                raise UsageError(f"{flag} applies in-process only; the server at --url has its own")
+
+
+def token_of(args: argparse.Namespace) -> str | None:
+    """--token, else AUTH_TOKEN (unset or empty: none)."""
+    token = args.token if args.token is not None else os.environ.get("AUTH_TOKEN")
+    return token or None
+
+
+def make_output(folder: str | os.PathLike[str]) -> Path:
+    output = Path(folder)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --output {output}: {reason(exc)}") from None
+    return output
+
+
+@contextlib.contextmanager
+def remote_errors(url: str) -> Iterator[None]:
+    """The client's failures as one line each: the server's answer, a bad URL, no server."""
+    import httpx
+
+    from sam2_server.client import Sam2Error
+
+    try:
+        yield
+    except Sam2Error as exc:
+        raise UsageError(f"the server answered {exc}") from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise UsageError(f"bad --url {url}: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot talk to {url}: {reason(exc)}") from None
 
 
 def predict_remote(
@@ -286,27 +334,18 @@ def predict_remote(
     timeout: float,
 ) -> Answer:
     """Ask a server through the client (no torch here)."""
-    import httpx
+    from sam2_server.client import Client
 
-    from sam2_server.client import Client, Sam2Error
-
-    try:
-        with Client(url, token, timeout=timeout) as client:
-            result = client.segment(
-                image_bytes,
-                points=request.points or None,
-                labels=request.labels or None,
-                box=request.box,
-                mask_input=request.mask_input,
-                multimask_output=request.multimask_output,
-                model_id=model_id,
-            )
-    except Sam2Error as exc:
-        raise UsageError(f"the server answered {exc}") from None
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise UsageError(f"bad --url {url}: {exc}") from None
-    except httpx.HTTPError as exc:
-        raise UsageError(f"cannot talk to {url}: {_reason(exc)}") from None
+    with remote_errors(url), Client(url, token, timeout=timeout) as client:
+        result = client.segment(
+            image_bytes,
+            points=request.points or None,
+            labels=request.labels or None,
+            box=request.box,
+            mask_input=request.mask_input,
+            multimask_output=request.multimask_output,
+            model_id=model_id,
+        )
     return Answer(result.masks, result.scores, result.logits)
 
 
@@ -318,25 +357,10 @@ def predict_local(
     device: str | None,
 ) -> Answer:
     """Run the server's engine in this process on one model, as the server would."""
-    from sam2_server.config import Settings
-    from sam2_server.errors import ConfigError, ServiceError
+    from sam2_server.errors import ServiceError
     from sam2_server.prompts import PromptLimits, build_prompt  # no torch there
 
-    # The engine logs for an operator (loads, failures); here the one line below says it.
-    logging.getLogger("sam2_server").addHandler(logging.NullHandler())
-    # AUTH_TOKEN is the server's business, not this process's (an empty one is refused).
-    environment = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
-    try:
-        settings = Settings.from_env(environment)
-    except SystemExit as exc:  # config.py's one-line refusals of a bad environment
-        raise UsageError(str(exc.code)) from None
-    # One model, one image: no batching thread, nothing else loaded.
-    settings = settings.with_(
-        model_ids=(model_id or settings.default_model_id,),
-        model_config=model_config,
-        device=device,
-        encode_batch_size=1,
-    )
+    settings = local_settings(model_id, model_config, device)
     try:
         prompt = build_prompt(
             point_coords=json.dumps(request.points) if request.points else None,
@@ -356,7 +380,38 @@ def predict_local(
         )
     except ServiceError as exc:
         raise UsageError(exc.message) from None
-    with _spinner(f"loading {settings.default_model_id}"), warnings.catch_warnings():
+    engine = load_engine(settings)
+    with engine_errors():
+        prediction = engine.segment(settings.default_model_id, image_bytes, prompt)
+    return Answer(prediction.masks > 0, prediction.scores, prediction.logits)
+
+
+def local_settings(model_id: str | None, model_config: str | None, device: str | None) -> Settings:
+    """The server's settings from the environment, for one model in this process."""
+    from sam2_server.config import Settings
+
+    # AUTH_TOKEN is the server's business, not this process's (an empty one is refused).
+    environment = {k: v for k, v in os.environ.items() if k != "AUTH_TOKEN"}
+    try:
+        settings = Settings.from_env(environment)
+    except SystemExit as exc:  # config.py's one-line refusals of a bad environment
+        raise UsageError(str(exc.code)) from None
+    # One model, one image: no batching thread, nothing else loaded.
+    return settings.with_(
+        model_ids=(model_id or settings.default_model_id,),
+        model_config=model_config,
+        device=device,
+        encode_batch_size=1,
+    )
+
+
+def load_engine(settings: Settings) -> Engine:
+    """The server's engine with its default model loaded, a spinner meanwhile."""
+    from sam2_server.errors import ConfigError
+
+    # The engine logs for an operator (loads, failures); here one line on stderr says it.
+    logging.getLogger("sam2_server").addHandler(logging.NullHandler())
+    with spinner(f"loading {settings.default_model_id}"), warnings.catch_warnings():
         # sam2's own use of torch.jit.script: nothing the user can act on.
         warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
         from sam2_server.engine import Engine
@@ -367,15 +422,22 @@ def predict_local(
             engine.load()
         except (ConfigError, ModelLoadError) as exc:
             raise UsageError(str(exc)) from None
-    try:
-        prediction = engine.segment(settings.default_model_id, image_bytes, prompt)
-    except ServiceError as exc:
-        raise UsageError(exc.message) from None
-    return Answer(prediction.masks > 0, prediction.scores, prediction.logits)
+    return engine
 
 
 @contextlib.contextmanager
-def _spinner(description: str) -> Iterator[None]:
+def engine_errors() -> Iterator[None]:
+    """The engine's answers to a bad request (the server's 4xx and 5xx) as one line."""
+    from sam2_server.errors import ServiceError
+
+    try:
+        yield
+    except ServiceError as exc:
+        raise UsageError(exc.message) from None
+
+
+@contextlib.contextmanager
+def spinner(description: str) -> Iterator[None]:
     """An indeterminate progress line on stderr (a terminal only) while a single call runs."""
     from tqdm import tqdm
 
@@ -427,15 +489,15 @@ def write_outputs(
                 path = output / name
                 Image.fromarray(mask.astype(np.uint8) * 255).save(path)
                 written.append((path, np.float32(score)))
-        image = _as_model_saw_it(image_bytes)
+        image = as_model_saw_it(image_bytes)
         overlay(image, [candidates[0] for candidates in per_object]).save(output / "overlay.png")
         np.save(output / "logits.npy", answer.logits)
     except OSError as exc:
-        raise UsageError(f"cannot write to {output}: {_reason(exc)}") from None
+        raise UsageError(f"cannot write to {output}: {reason(exc)}") from None
     return written
 
 
-def _as_model_saw_it(image_bytes: bytes) -> Image.Image:
+def as_model_saw_it(image_bytes: bytes) -> Image.Image:
     """The pixels the model was given: 16-bit and float images scaled as the server does."""
     from sam2_server.errors import ServiceError
     from sam2_server.images import decode_image
@@ -446,8 +508,13 @@ def _as_model_saw_it(image_bytes: bytes) -> Image.Image:
         raise UsageError(exc.message) from None
 
 
-def overlay(image: Image.Image, masks: list[np.ndarray]) -> Image.Image:
-    """Each mask tinted (semi-transparent) and outlined in its own colour."""
+def overlay(
+    image: Image.Image,
+    masks: Sequence[np.ndarray],
+    colours: Sequence[tuple[int, int, int]] = PALETTE,
+) -> Image.Image:
+    """Each mask tinted (semi-transparent) and outlined in its own colour, in order (a
+    later mask is drawn over an earlier one); colours repeat when there are more masks."""
     pixels = np.asarray(image, dtype=np.float32).copy()
     height, width = pixels.shape[:2]
     thickness = max(1, round(max(height, width) / 400))
@@ -457,7 +524,7 @@ def overlay(image: Image.Image, masks: list[np.ndarray]) -> Image.Image:
                 np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height)))
                 > 127
             )
-        colour = np.array(PALETTE[index % len(PALETTE)], dtype=np.float32)
+        colour = np.array(colours[index % len(colours)], dtype=np.float32)
         pixels[mask] = pixels[mask] * (1 - FILL_ALPHA) + colour * FILL_ALPHA
         pixels[_outline(mask, thickness)] = colour
     return Image.fromarray(pixels.round().astype(np.uint8))

@@ -11,12 +11,13 @@ Livepeer route's form text, the native API's JSON, the CLI. It lives outside
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from sam2_server.domain import Prompt
+from sam2_server.domain import AutomaticParams, Prompt
 from sam2_server.errors import bad_request
 
 MASK_SHAPE = (1, 256, 256)
@@ -264,3 +265,82 @@ def _check_work(coords: np.ndarray | None, num_boxes: int, limits: PromptLimits)
 def _check_magnitude(array: np.ndarray | None, name: str, bound: float) -> None:
     if array is not None and array.size and float(np.abs(array).max()) > bound:
         raise bad_request(f"{name} values must lie within +-{bound:g}.")
+
+
+# -- automatic masks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutomaticLimits:
+    """A server's bounds on the generator parameters that multiply work (None: unbounded)."""
+
+    max_points_per_side: int | None = None
+    max_points_per_batch: int | None = None
+    max_crop_layers: int | None = None
+
+
+_INT32_MAX = 2**31 - 1
+_UNIT_INTERVAL = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh")
+
+
+def check_automatic(
+    params: AutomaticParams, limits: AutomaticLimits | None = None
+) -> AutomaticParams:
+    """The generator's parameters in their meaningful ranges and within the server's bounds,
+    or a 400 naming the first that is not: one set of rules for the API and the CLI."""
+    limits = limits or AutomaticLimits()
+    bounds = (
+        ("points_per_side", 1, limits.max_points_per_side, "MAX_POINTS_PER_SIDE"),
+        ("points_per_batch", 1, limits.max_points_per_batch, "MAX_POINTS_PER_BATCH"),
+        ("crop_n_layers", 0, limits.max_crop_layers, "MAX_CROP_LAYERS"),
+    )
+    for name, low, high, setting in bounds:
+        _int_within(name, getattr(params, name), low, high, setting)
+    for name in _UNIT_INTERVAL:
+        _float_within(name, getattr(params, name), 0.0, 1.0)
+    _float_within("stability_score_offset", params.stability_score_offset, 0.0, math.inf)
+    _float_within("mask_threshold", params.mask_threshold, -math.inf, math.inf)
+    ratio = _finite("crop_overlap_ratio", params.crop_overlap_ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise bad_request(f"crop_overlap_ratio must be at least 0 and below 1; got {ratio!r}.")
+    factor = params.crop_n_points_downscale_factor
+    if factor < 1:
+        raise bad_request(f"crop_n_points_downscale_factor must be at least 1; got {factor}.")
+    # The library samples points_per_side / factor**layer points per side in each crop
+    # layer; a layer left with none would divide by zero inside it.
+    if params.points_per_side // factor**params.crop_n_layers < 1:
+        raise bad_request(
+            "crop_n_points_downscale_factor leaves the last crop layer without points: "
+            f"points_per_side / crop_n_points_downscale_factor**crop_n_layers = "
+            f"{params.points_per_side} / {factor}**{params.crop_n_layers} must be at least 1."
+        )
+    area = params.min_mask_region_area
+    if area < 0:
+        raise bad_request(f"min_mask_region_area must be at least 0; got {area}.")
+    if area > _INT32_MAX:
+        raise bad_request(f"min_mask_region_area must be at most {_INT32_MAX}.")
+    return params
+
+
+def _int_within(name: str, value: int, low: int, high: int | None, setting: str) -> None:
+    if value < low:
+        raise bad_request(f"{name} must be at least {low}; got {value}.")
+    if high is not None and value > high:
+        raise bad_request(
+            f"{name} {value} is over this server's limit of {high} ({setting}); "
+            "the work grows with it."
+        )
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise bad_request(f"{name} must be a finite number; got {value!r}.")
+    return value
+
+
+def _float_within(name: str, value: float, low: float, high: float) -> None:
+    _finite(name, value)
+    if not low <= value <= high:
+        if math.isinf(high):
+            raise bad_request(f"{name} must be at least {low:g}; got {value!r}.")
+        raise bad_request(f"{name} must be between {low:g} and {high:g}; got {value!r}.")

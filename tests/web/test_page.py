@@ -4,10 +4,11 @@ Debian's Chromium (`/usr/bin/chromium`), driven by Playwright's Python
 package, opens `/` on a `sam2-server serve` process running the reduced
 random-weight model with auth on, and uses the page as a person would: open a
 photo, click, cycle candidates, add a background point, undo, draw a box,
-download the mask. The requests the page sends are checked against the native
-API contract, the overlay against the canvas's pixels, and the page may not
-reach anything but the server. `UPDATE_SCREENSHOT=1` writes the README's
-screenshot, docs/screenshot.png, from this run.
+download the mask, segment everything. The requests the page sends are
+checked against the native API contract, the overlay against the canvas's
+pixels, and the page may not reach anything but the server.
+`UPDATE_SCREENSHOT=1` writes the README's screenshot, docs/screenshot.png,
+from this run.
 Playwright never downloads a browser here: it launches the system one.
 """
 
@@ -17,6 +18,7 @@ import base64
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from tests.conftest import DATA
 from tests.e2e.process import Server, serving_local
@@ -44,6 +47,12 @@ PHOTO = DATA / "groceries.jpg"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
 SCREENSHOT_MAX_BYTES = 300_000
 VIEWPORT = {"width": 1200, "height": 760}
+
+# Random weights never pass the generator's default thresholds, and their
+# noise masks all have the whole image as their box (one survives the box
+# NMS): keep every candidate of a 2x2 grid, the knobs through the page's address.
+EVERYTHING_QUERY = "points_per_side=2&pred_iou_thresh=0&stability_score_thresh=0&box_nms_thresh=1"
+EVERYTHING_TIMEOUT_MS = 120_000
 
 # Count and fingerprint the overlay's painted pixels.
 READ_OVERLAY = """() => {
@@ -105,6 +114,10 @@ def is_segment(response) -> bool:
 
 def is_upload(response) -> bool:
     return response.url.endswith("/v1/images") and response.request.method == "POST"
+
+
+def is_automatic(response) -> bool:
+    return response.url.endswith("/automatic-masks") and response.request.method == "POST"
 
 
 def overlay(page) -> dict:
@@ -316,6 +329,158 @@ def test_dropped_image_and_evicted_embedding(page, server):
     assert sum(url.endswith("/v1/images") for url in page.urls) == uploads + 1
     wait_for_overlay(page, "(now) => now.painted > 0")
     assert page.text_content("#error") == ""
+
+
+def test_segment_everything(page, server):
+    """Segment everything draws every mask the server returns, each in its own
+    colour with the smaller ones on top; a click goes back to prompting, and
+    undo comes back to the masks without asking again."""
+    page.goto(f"{server.url}/?{EVERYTHING_QUERY}#token={TOKEN}")
+    assert page.input_value("#detail") == "2"  # the address's grid shows in the select
+    assert page.is_disabled("#everything")  # nothing uploaded yet
+    with page.expect_response(is_upload) as upload:
+        page.set_input_files("#file", PHOTO)
+    image = upload.value.json()
+    wait_until_enabled(page, "#everything")
+
+    marks = page.locator("#marks")
+    box = marks.bounding_box()
+    click = {"x": box["width"] * 0.42, "y": box["height"] * 0.55}
+    with page.expect_response(is_segment):
+        marks.click(position=click)
+    clicked = wait_for_overlay(page, "(now) => now.painted > 0")
+
+    with page.expect_response(is_automatic, timeout=EVERYTHING_TIMEOUT_MS) as automatic:
+        page.click("#everything")
+        # Set by the click's own handler: the answer takes seconds to come.
+        assert page.is_disabled("#everything")
+        assert "Segmenting" in page.text_content("#everything")
+    assert automatic.value.status == 200
+    sent = json.loads(automatic.value.request.post_data)
+    assert sent == {
+        "model_id": image["model_id"],
+        "mask_format": "rle",
+        "points_per_side": 2,
+        "pred_iou_thresh": 0,
+        "stability_score_thresh": 0,
+        "box_nms_thresh": 1,
+    }
+    records = automatic.value.json()["masks"]
+    wait_for_text(page, "status", " masks")
+    wait_until_enabled(page, "#everything", timeout=EVERYTHING_TIMEOUT_MS)
+    status = page.text_content("#status")
+    assert "automatic-masks 200" in status
+    assert re.search(r"\d+ ms", status)
+    count = int(re.search(r"(\d+) masks", status).group(1))
+
+    # The same body straight to the API: the count the page shows is the server's.
+    direct = httpx.post(
+        f"{server.url}/v1/images/{image['image_id']}/automatic-masks",
+        json=sent,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=EVERYTHING_TIMEOUT_MS / 1000,
+    )
+    assert direct.status_code == 200
+    assert count == len(direct.json()["masks"]) == len(records)
+    assert count >= 3
+
+    # Every pixel of some mask is painted, in the colour of the topmost mask
+    # there (largest drawn first), one colour per mask (its fill and its
+    # lighter outline), no two masks alike.
+    masks = mask_utils.decode([r["segmentation"] for r in records]).astype(bool)
+    owner = np.full(masks.shape[:2], -1)
+    for index in sorted(range(count), key=lambda i: (-records[i]["area"], i)):
+        owner[masks[..., index]] = index
+    rgba = canvas_rgba(page, "mask")
+    assert np.array_equal(rgba[..., 3] > 0, owner >= 0)
+    keys = (
+        (rgba[..., 0].astype(np.int64) << 16) | (rgba[..., 1].astype(np.int64) << 8) | rgba[..., 2]
+    )
+    colours = {}
+    for index in np.unique(owner[owner >= 0]):
+        colours[index] = set(np.unique(keys[owner == index]).tolist())
+        assert 1 <= len(colours[index]) <= 2
+    assert len(colours) >= 3
+    assert sum(len(c) for c in colours.values()) == len(set().union(*colours.values()))
+    everything = overlay(page)
+    assert page.locator("#candidates button").count() == 0
+    assert page.is_disabled("#download")
+
+    # A click on the image prompts afresh: one point, no earlier mask_input.
+    automatic_calls = sum(url.endswith("/automatic-masks") for url in page.urls)
+    with page.expect_response(is_segment) as prompt:
+        marks.click(position={"x": box["width"] * 0.6, "y": box["height"] * 0.4})
+    sent = json.loads(prompt.value.request.post_data)
+    assert len(sent["points"]) == 1
+    assert sent["labels"] == [1]
+    assert "mask_input" not in sent
+    wait_for_overlay(page, "(now, was) => now.painted > 0 && now.hash !== was", everything["hash"])
+    assert page.locator("#candidates button").count() == 3
+
+    # Undo: the automatic masks again, then the first click's mask, no request.
+    requests = len(page.urls)
+    page.click("#undo")
+    wait_for_overlay(page, "(now, want) => now.hash === want", everything["hash"])
+    wait_for_text(page, "status", f"{count} masks")
+    page.click("#undo")
+    wait_for_overlay(page, "(now, want) => now.hash === want", clicked["hash"])
+    assert len(page.urls) == requests
+
+    # E asks again; Clear (Esc) removes the masks and every prompt.
+    with page.expect_response(is_automatic, timeout=EVERYTHING_TIMEOUT_MS):
+        page.keyboard.press("e")
+    wait_for_overlay(page, "(now, want) => now.hash === want", everything["hash"])
+    wait_until_enabled(page, "#everything", timeout=EVERYTHING_TIMEOUT_MS)
+    assert sum(url.endswith("/automatic-masks") for url in page.urls) == automatic_calls + 1
+    page.keyboard.press("Escape")
+    assert overlay(page)["painted"] == 0
+    assert page.is_disabled("#undo")
+    assert page.is_enabled("#everything")
+
+    assert page.text_content("#error") == ""
+    assert page.errors == []
+    assert all(url.startswith((server.url + "/", "data:", "blob:")) for url in page.urls)
+
+
+def test_segment_everything_shows_the_servers_error(page, server):
+    page.goto(f"{server.url}/?box_nms_thresh=2#token={TOKEN}")
+    with page.expect_response(is_upload) as upload:
+        page.set_input_files("#file", PHOTO)
+    image_id = upload.value.json()["image_id"]
+    wait_until_enabled(page, "#everything")
+    with page.expect_response(is_automatic) as automatic:
+        page.click("#everything")
+    assert automatic.value.status == 400
+    sent = json.loads(automatic.value.request.post_data)
+    assert sent["points_per_side"] == 32  # the Detail select's default
+    assert sent["box_nms_thresh"] == 2
+    refused = httpx.post(
+        f"{server.url}/v1/images/{image_id}/automatic-masks",
+        json=sent,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert refused.status_code == 400
+    message = refused.json()["detail"]["msg"]
+
+    page.wait_for_function("() => document.getElementById('error').textContent !== ''")
+    assert page.text_content("#error") == f"{message} (400)"
+    wait_until_enabled(page, "#everything")
+    assert page.is_disabled("#undo")  # the failed step is gone
+    assert overlay(page)["painted"] == 0
+    # Chromium logs the 400 itself; nothing else may go wrong.
+    assert [e for e in page.errors if "status of 400" not in e] == []
+
+
+def wait_until_enabled(page, selector: str, timeout: float | None = None) -> None:
+    page.wait_for_function(
+        "(selector) => !document.querySelector(selector).disabled", arg=selector, timeout=timeout
+    )
+
+
+def canvas_rgba(page, canvas_id: str) -> np.ndarray:
+    """The canvas's pixels, H x W x 4 (PNG: straight alpha, as drawn)."""
+    url = page.evaluate("(id) => document.getElementById(id).toDataURL('image/png')", canvas_id)
+    return np.asarray(Image.open(io.BytesIO(_b64(url.split(",", 1)[1]))).convert("RGBA"))
 
 
 def save_screenshot(page, tmp_path: Path) -> None:

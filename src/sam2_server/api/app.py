@@ -18,12 +18,14 @@ from fastapi import FastAPI
 
 from sam2_server import __version__
 from sam2_server.api.admission import Admission
+from sam2_server.api.automatic import build_automatic_router
 from sam2_server.api.errors import install_error_handlers
 from sam2_server.api.guard import RequestGuard
 from sam2_server.api.native import IMAGES_PATH, build_native_router
 from sam2_server.api.observe import Metrics, Observer
 from sam2_server.api.routes import ARRAY_FIELDS, OPS_PATHS, ROUTES, SEGMENT_PATH, build_router
 from sam2_server.api.service import Segmenter
+from sam2_server.api.videos import VIDEOS_PATH, build_video_router
 from sam2_server.api.web import build_web_router
 from sam2_server.config import GIB, Settings
 
@@ -56,6 +58,8 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
     app.state.metrics = metrics
     app.include_router(build_router(settings, admission, metrics))
     app.include_router(build_native_router(settings, admission))
+    app.include_router(build_automatic_router(settings, admission))
+    app.include_router(build_video_router(settings, admission))
     app.include_router(build_web_router())
     install_error_handlers(app)
     _describe_uploads_as_binary(app)
@@ -64,12 +68,14 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
         RequestGuard,
         auth_token=settings.auth_token,
         protected_paths=(SEGMENT_PATH, *OPS_PATHS),
-        protected_prefixes=(IMAGES_PATH,),
+        protected_prefixes=(IMAGES_PATH, VIDEOS_PATH),
         max_request_bytes=settings.max_request_bytes,
         read_timeout_s=settings.body_read_timeout_s,
         total_timeout_s=settings.body_total_timeout_s,
     )
-    app.add_middleware(Observer, metrics=metrics, routes=ROUTES, prefixes=(IMAGES_PATH,))
+    app.add_middleware(
+        Observer, metrics=metrics, routes=ROUTES, prefixes=(IMAGES_PATH, VIDEOS_PATH)
+    )
     return app
 
 

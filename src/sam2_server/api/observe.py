@@ -27,7 +27,7 @@ access_log = logging.getLogger("sam2_server.access")
 
 STAGES = ("image_decode", "encode", "prompt_decode", "serialise")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-_ACTIONS = {"segment", "automatic-masks"}
+_ACTIONS = {"segment", "automatic-masks", "prompts", "propagate", "reset", "objects"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -137,6 +137,26 @@ class _EngineCollector(Collector):
                 state = info.get("state") if isinstance(info, dict) else None
                 loaded.add_metric([model_id], 1.0 if state == "loaded" else 0.0)
             yield loaded
+        video = stats.get("video")
+        if isinstance(video, dict):
+            yield GaugeMetricFamily(
+                "sam2_video_sessions", "Video sessions open.", value=video.get("sessions", 0)
+            )
+            yield GaugeMetricFamily(
+                "sam2_video_bytes",
+                "Memory held by video sessions (frames and SAM2 state).",
+                value=video.get("bytes", 0),
+            )
+            yield CounterMetricFamily(
+                "sam2_video_frames_propagated",
+                "Frames computed by video propagations.",
+                value=video.get("frames_propagated", 0),
+            )
+            yield CounterMetricFamily(
+                "sam2_video_sessions_expired",
+                "Video sessions closed for being idle.",
+                value=video.get("expired", 0),
+            )
 
 
 class Observer:

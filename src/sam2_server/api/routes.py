@@ -14,9 +14,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
@@ -260,7 +260,7 @@ def build_router(settings: Settings, admission: Admission, metrics: Metrics) -> 
             )
         if answer_bytes <= STREAM_ABOVE_BYTES:
             return await serialise(record, ticket, partial(encode_livepeer, prediction))
-        return _TicketedStream(
+        return TicketedStream(
             _timed_chunks(prediction, record),
             ticket,
             media_type="application/json",
@@ -370,7 +370,13 @@ def _timed_chunks(prediction: Prediction, record: RequestRecord) -> Iterator[byt
         yield chunk
 
 
-class _TicketedStream(StreamingResponse):
+class Releasable(Protocol):
+    def release(self) -> None:
+        """Idempotent: called once the response is over, however it ended."""
+        ...
+
+
+class TicketedStream(StreamingResponse):
     """A streamed answer that holds its admission ticket until the last byte
     is sent, or the client goes away: the prediction's memory lives that long.
 
@@ -380,7 +386,11 @@ class _TicketedStream(StreamingResponse):
     """
 
     def __init__(
-        self, content: Iterator[bytes], ticket: Ticket, media_type: str, stall_timeout_s: float
+        self,
+        content: Iterator[bytes] | AsyncIterator[bytes],
+        ticket: Releasable,
+        media_type: str,
+        stall_timeout_s: float,
     ) -> None:
         super().__init__(content, media_type=media_type)
         self.ticket = ticket

@@ -6,10 +6,65 @@ the HTTP layer never imports torch and tests can see the boundary hold.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO, Protocol
 
-from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings
+from sam2_server.domain import (
+    AutomaticParams,
+    FrameMasks,
+    ImageInfo,
+    MaskRecord,
+    Prediction,
+    Prompt,
+    Timings,
+    VideoInfo,
+    VideoPrompt,
+)
+
+
+class VideoService(Protocol):
+    """Video sessions: SAM2's video state for one clip each, bounded and expiring.
+
+    Every method raises ServiceError: 404 for an unknown session or object, 400
+    for a bad prompt, 409 while the session is busy propagating, 413/503 past
+    the session bounds.
+    """
+
+    def open(
+        self,
+        model_id: str,
+        *,
+        video: BinaryIO | None = None,
+        frames: Sequence[BinaryIO] = (),
+        cancelled: Callable[[], bool] | None = None,
+    ) -> VideoInfo:
+        """Decode a clip (a video file, or frame images in order) into a new session."""
+        ...
+
+    def get(self, video_id: str) -> VideoInfo: ...
+
+    def prompt(self, video_id: str, prompt: VideoPrompt) -> FrameMasks:
+        """Add points/box for one object on one frame: every object's mask on that frame."""
+        ...
+
+    def propagate(
+        self,
+        video_id: str,
+        start_frame_index: int | None,
+        max_frames: int | None,
+        reverse: bool,
+    ) -> Iterator[FrameMasks]:
+        """Checks at once (400/404/409); then yields one frame per step, computed lazily.
+
+        Closing the iterator early stops the work and frees the session for other calls.
+        """
+        ...
+
+    def remove_object(self, video_id: str, object_id: int) -> VideoInfo: ...
+
+    def reset(self, video_id: str) -> VideoInfo: ...
+
+    def close(self, video_id: str) -> None: ...
 
 
 class Segmenter(Protocol):
@@ -76,6 +131,28 @@ class Segmenter(Protocol):
     ) -> tuple[ImageInfo, Prediction]:
         """Decode a prompt on a cached image; ServiceError 404 when it is not cached."""
         ...
+
+    def automatic_warnings(self, params: AutomaticParams) -> list[str]:
+        """What `params` ask for that the library will skip on this server, one line each."""
+        ...
+
+    def automatic_masks(
+        self,
+        model_id: str,
+        image_id: str,
+        params: AutomaticParams,
+        timings: Timings | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> tuple[ImageInfo, list[MaskRecord]]:
+        """SAM2AutomaticMaskGenerator on a cached image, records in the library's order.
+
+        ServiceError 404 when the image is not cached; `Cancelled` between
+        batches once `cancelled()` says the client left.
+        """
+        ...
+
+    @property
+    def videos(self) -> VideoService: ...
 
     def stats(self) -> dict[str, Any]:
         """JSON-ready counters (cache hits and misses, images encoded) for GET /stats."""

@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -40,7 +40,16 @@ from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam2_server.config import Settings
-from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings, sort_best_first
+from sam2_server.domain import (
+    AutomaticParams,
+    ImageInfo,
+    MaskRecord,
+    Prediction,
+    Prompt,
+    Timings,
+    sort_best_first,
+)
+from sam2_server.engine.automatic import AutomaticHooks, generate_masks, warnings_for
 from sam2_server.engine.batching import Batcher
 from sam2_server.engine.cache import EmbeddingCache
 from sam2_server.engine.models import (
@@ -52,6 +61,7 @@ from sam2_server.engine.models import (
     select_device,
 )
 from sam2_server.engine.registry import ModelRegistry, ModelState, one_line
+from sam2_server.engine.video import VIDEO_OVERRIDES, FixedVideoPredictor, VideoSessions
 from sam2_server.errors import OOM_ERROR, Cancelled, ServiceError, image_not_cached
 from sam2_server.images import decode_image, probe_image
 
@@ -82,11 +92,14 @@ class Embedding:
     image_embed: torch.Tensor  # 1 x 256 x 64 x 64
     high_res_feats: tuple[torch.Tensor, ...]  # 1 x 32 x 256 x 256, 1 x 64 x 128 x 128
     orig_hw: tuple[int, int]
+    # The upload the embedding was computed from: automatic masks with crops
+    # encode parts of the image again, long after the request that sent it.
+    image_bytes: bytes = b""
 
     @property
     def nbytes(self) -> int:
         tensors = (self.image_embed, *self.high_res_feats)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors) + len(self.image_bytes)
 
 
 @dataclass
@@ -158,6 +171,23 @@ class Engine:
         self._counter_lock = threading.Lock()
         self.encoded_images = 0
         self._hits_by_id = 0  # native prompts on an image named by id
+        # Video predictors: the same config and weights built as SAM2VideoPredictor,
+        # loaded on a model's first video session, under the same memory budget.
+        self._video_registry: ModelRegistry[FixedVideoPredictor] = ModelRegistry(
+            settings.model_ids,
+            self._load_video_one,
+            size_of=_weight_bytes,
+            max_bytes=self._registry.max_bytes,
+            describe=_describe_failure,
+            on_error=self._load_failed,
+        )
+        self._video_locks = {model_id: threading.Lock() for model_id in settings.model_ids}
+        self.videos = VideoSessions(
+            settings,
+            self._video_predictor,
+            self._compute_context,
+            self._video_locks.__getitem__,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -276,19 +306,43 @@ class Engine:
 
     def _model(self, model_id: str, cancelled: Callable[[], bool] | None = None) -> LoadedModel:
         """The loaded model for one request, loading it if needed (ServiceError 503 if not)."""
+        self._require_started(model_id)
+        before_load = None if cancelled is None else (lambda: _check(cancelled))
+        return self._registry.get(model_id, before_load)
+
+    def _require_started(self, model_id: str) -> None:
         if not self._started:
             raise ServiceError(
                 503,
                 f"{model_id} is unavailable: the server is still loading its models.",
                 headers={"Retry-After": "5"},
             )
-        before_load = None if cancelled is None else (lambda: _check(cancelled))
-        return self._registry.get(model_id, before_load)
 
     @property
     def _models(self) -> dict[str, LoadedModel]:
         """The models in memory now (read by tests)."""
         return self._registry.loaded()
+
+    def _load_video_one(self, model_id: str) -> FixedVideoPredictor:
+        started = time.perf_counter()
+        spec = resolve_spec(model_id, self.settings.model_config)
+        model = build_model(spec, fetch_checkpoint(spec), self.device, VIDEO_OVERRIDES)
+        assert isinstance(model, FixedVideoPredictor)
+        logger.info(
+            "loaded %s's video predictor on %s in %.1f s",
+            model_id,
+            self.device,
+            time.perf_counter() - started,
+        )
+        return model
+
+    def _video_predictor(
+        self, model_id: str, cancelled: Callable[[], bool] | None = None
+    ) -> FixedVideoPredictor:
+        """The model's video predictor, loading it on first use (503 if it cannot be)."""
+        self._require_started(model_id)
+        before_load = None if cancelled is None else (lambda: _check(cancelled))
+        return self._video_registry.get(model_id, before_load)
 
     # -- the two steps ---------------------------------------------------------------------
 
@@ -317,7 +371,7 @@ class Engine:
             t0 = time.perf_counter()
             image = decode_image(image_bytes, max_pixels=self.settings.max_image_pixels)
             t1 = time.perf_counter()
-            embedding = self._encode(loaded, model_id, image)
+            embedding = replace(self._encode(loaded, model_id, image), image_bytes=image_bytes)
             if timings is not None:
                 timings.decode_image_s = t1 - t0
                 timings.encode_s = time.perf_counter() - t1
@@ -493,6 +547,62 @@ class Engine:
         prediction = self._decode(loaded, embedding, prompt, timings)
         return _info(image_id.lower(), embedding, cached=True), prediction
 
+    def automatic_warnings(self, params: AutomaticParams) -> list[str]:
+        """What `params` ask for that the library skips on this server (the answer says so)."""
+        return warnings_for(params, self.device)
+
+    def automatic_masks(
+        self,
+        model_id: str,
+        image_id: str,
+        params: AutomaticParams,
+        timings: Timings | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> tuple[ImageInfo, list[MaskRecord]]:
+        """SAM2AutomaticMaskGenerator on an image uploaded before; 404 once its embedding is gone.
+
+        The whole image's features come from the cache (no encoder run); only
+        the smaller crops of `crop_n_layers > 0` are decoded from the kept
+        upload and encoded. `cancelled()` is asked before each batch of points
+        and each crop encode (see engine/automatic.py).
+        """
+        timings = timings if timings is not None else Timings()
+        loaded = self._model(model_id, cancelled)
+        embedding = self.cache.peek((model_id, image_id.lower()))
+        if embedding is None:
+            raise image_not_cached(image_id, model_id)
+        with self._counter_lock:
+            self._hits_by_id += 1
+        _check(cancelled)
+        pixels = None
+        if params.crop_n_layers > 0:
+            if not embedding.image_bytes:  # not built by _embed: nothing to crop
+                raise image_not_cached(image_id, model_id)
+            t0 = time.perf_counter()
+            image = decode_image(embedding.image_bytes, max_pixels=self.settings.max_image_pixels)
+            pixels = np.array(image)
+            timings.decode_image_s = time.perf_counter() - t0
+        hooks = AutomaticHooks(
+            loaded.encode_lock, loaded.decode_lock, cancelled, on_encoded=lambda: self._count(1)
+        )
+        t1 = time.perf_counter()
+        with self._compute_context():
+            records = generate_masks(loaded.predictor.model, embedding, params, hooks, pixels)
+        # Encoding crops is a stage of its own in the log and metrics (reported as a miss).
+        timings.encode_s = hooks.encode_s
+        timings.decode_s = time.perf_counter() - t1 - hooks.encode_s
+        timings.cache_hit = pixels is None
+        logger.debug(
+            "automatic masks on %s: %d masks, %d crop layers, crops encoded in %.3f s, "
+            "mask generation %.3f s",
+            model_id,
+            len(records),
+            params.crop_n_layers,
+            timings.encode_s,
+            timings.decode_s,
+        )
+        return _info(image_id.lower(), embedding, cached=True), records
+
     # -- support ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -533,6 +643,7 @@ class Engine:
             ),
             "cache": asdict(self.cache.stats()),
             "models": self._registry.snapshot(),
+            "video": self.videos.stats(),
             "model_memory": {
                 "bytes": self._registry.bytes,
                 "max_bytes": self._registry.max_bytes,

@@ -20,8 +20,10 @@ import hashlib
 import logging
 import re
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -336,15 +338,24 @@ def load_config(config: str) -> DictConfig:
     return cfg
 
 
-def build_model(spec: ModelSpec, checkpoint: Path, device: torch.device) -> torch.nn.Module:
+def build_model(
+    spec: ModelSpec,
+    checkpoint: Path,
+    device: torch.device,
+    overrides: Mapping[str, Any] | None = None,
+) -> torch.nn.Module:
     """Instantiate the model from its config and load the weights strictly.
 
     Mirrors `sam2.build_sam.build_sam2` (same post-processing, strict
     state-dict load, eval mode) but fails with a message a user can act on.
+    `overrides` set keys under `model` first, as `build_sam2_video_predictor`
+    does to build the video predictor from the same config and weights.
     """
     from hydra.utils import instantiate
 
     cfg = load_config(spec.config)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, f"model.{key}", value, force_add=True)
     model = instantiate(cfg.model, _recursive_=True)
     state = _load_weights(checkpoint, spec.repo_id)
     if not isinstance(state, dict) or "model" not in state:

@@ -37,13 +37,26 @@ def write_config(
     return path
 
 
+# The last layer of the mask decoder's object-score head.
+OBJECT_SCORE_BIAS = "sam_mask_decoder.pred_obj_score_head.layers.2.bias"
+
+
 def write_checkpoint(
-    path: Path, config_name: str = TINY_CONFIG, overrides: tuple[str, ...] = (), seed: int = 0
+    path: Path,
+    config_name: str = TINY_CONFIG,
+    overrides: tuple[str, ...] = (),
+    seed: int = 0,
+    object_present_bias: float | None = 10.0,
 ) -> Path:
     """A `{"model": state_dict}` file, as Meta's checkpoints are, with seeded random weights.
 
     Default init leaves some embeddings at exactly zero; those get small random
     values too, so nothing downstream is trivially zero.
+
+    With random weights SAM2's object-score head says "no object" about half
+    the time, and the video predictor then replaces every mask by an empty
+    one, so video answers would be trivially equal. `object_present_bias`
+    biases that head towards "present" (the image predictor never reads it).
     """
     import sam2  # noqa: F401
     from hydra import compose
@@ -57,5 +70,7 @@ def write_checkpoint(
         for param in model.parameters():
             if param.abs().sum() == 0:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+        if object_present_bias is not None:
+            model.state_dict()[OBJECT_SCORE_BIAS].add_(object_present_bias)
     torch.save({"model": model.state_dict()}, path)
     return path

@@ -1,6 +1,6 @@
-// The native API as the page uses it: upload an image once, then prompt it.
-// Every call reports what it cost (bytes each way, milliseconds) and turns an
-// error answer into the server's own message (`detail.msg`).
+// The native API as the page uses it: upload an image once, then prompt it (or
+// ask for every mask at once). Every call reports what it cost (bytes each way,
+// milliseconds) and turns an error answer into the server's own message (`detail.msg`).
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -32,6 +32,13 @@ export class Api {
     const text = JSON.stringify(prompt);
     const path = `v1/images/${encodeURIComponent(imageId)}/segment`;
     return this.call("segment", "POST", path, text, text.length, "application/json");
+  }
+
+  /** POST v1/images/{id}/automatic-masks: every mask SAM2's grid of points finds. */
+  automaticMasks(imageId, params) {
+    const text = JSON.stringify(params);
+    const path = `v1/images/${encodeURIComponent(imageId)}/automatic-masks`;
+    return this.call("automatic-masks", "POST", path, text, text.length, "application/json");
   }
 
   async call(what, method, path, body, sent, contentType) {

@@ -2,14 +2,20 @@
 // its embedding); every prompt change then costs one small segment request.
 // `history` holds one entry per prompt added, each with the answer it got,
 // so undo shows the earlier answer again without asking the server.
+// "Segment everything" is a step of that history too: prompts after it start
+// afresh on top of it, and undo comes back to its masks.
 
 import { Api, ApiError } from "./api.js";
+import { everythingOverlay, parametersFromQuery } from "./everything.js";
 import { maskOverlay } from "./mask.js";
 import { base64ToBytes, candidateMaskInput, decodePacked } from "./packed.js";
 import { Stage } from "./view.js";
 
 const TOKEN_KEY = "sam2-server.token";
 const TINT = [61, 139, 253];
+// Generator parameters without a control of their own, from the page's address
+// (`/?pred_iou_thresh=0.6`); the Detail select stands for points_per_side.
+const ADDRESS_PARAMETERS = parametersFromQuery(location.search);
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -21,6 +27,8 @@ const ui = {
   undo: $("undo"),
   clear: $("clear"),
   candidates: $("candidates"),
+  everything: $("everything"),
+  detail: $("detail"),
   download: $("download"),
   status: $("status"),
   error: $("error"),
@@ -36,6 +44,7 @@ const state = {
   background: false, // what a left click adds
   busy: false,
   pending: false, // prompts changed while a request was in flight
+  everything: null, // the Segment everything step whose request is in flight
   shown: 0, // render sequence, so a slow decode never overwrites a newer one
 };
 
@@ -50,7 +59,8 @@ const stage = new Stage({
 class Superseded extends Error {}
 
 function emptyEntry() {
-  return { prompts: [], result: null, chosen: 0 };
+  // `automatic`: only on a Segment everything step, {body, answer, overlay, visible}.
+  return { prompts: [], result: null, chosen: 0, automatic: null };
 }
 
 function current() {
@@ -104,6 +114,7 @@ async function openFile(file) {
   state.uploading = null;
   state.history = [emptyEntry()];
   state.pending = false;
+  dropEverything();
   stage.setMask(null);
   render();
   try {
@@ -133,6 +144,7 @@ function ensureUploaded() {
         };
         stage.setSize(answer.width, answer.height);
         describeImage(answer.cached);
+        updateControls();
         return state.image;
       })
       .finally(() => {
@@ -158,14 +170,14 @@ function addPrompt(prompt) {
   if (!state.file) return;
   clearError();
   const entry = current();
-  state.history.push({ prompts: [...entry.prompts, prompt], result: null, chosen: 0 });
+  state.history.push({ ...emptyEntry(), prompts: [...entry.prompts, prompt] });
   render();
   segment();
 }
 
 function undo() {
   if (state.history.length <= 1) return;
-  state.history.pop();
+  if (state.history.pop() === state.everything) dropEverything(); // undoing it cancels it
   render();
   if (!current().result && current().prompts.length) segment();
 }
@@ -173,6 +185,7 @@ function undo() {
 function clearPrompts() {
   if (state.history.length <= 1) return;
   state.history = [emptyEntry()];
+  dropEverything();
   render();
 }
 
@@ -183,14 +196,14 @@ async function segment() {
     return;
   }
   state.busy = true;
-  stage.root.classList.add("busy");
+  showBusy();
   try {
     do {
       state.pending = false;
       const entry = current();
       if (!entry.prompts.length || entry.result) break;
-      const image = await ensureUploaded();
-      const answer = await segmentOnce(image, requestFor(entry));
+      // The body is built once the upload has answered: it names the upload's model.
+      const answer = await onImage((image) => api.segment(image.imageId, requestFor(entry)));
       entry.result = resultOf(answer);
       if (entry === current()) render();
     } while (state.pending);
@@ -198,19 +211,19 @@ async function segment() {
     showError(error);
   } finally {
     state.busy = false;
-    stage.root.classList.remove("busy");
+    showBusy();
   }
 }
 
-/** One segment call; an image the server has evicted is uploaded again, once. */
-async function segmentOnce(image, body) {
+/** `call(image)` on the uploaded image; an image the server has evicted (404) is uploaded again, once. */
+async function onImage(call) {
+  const image = await ensureUploaded();
   try {
-    return await api.segment(image.imageId, body);
+    return await call(image);
   } catch (error) {
     if (!(error instanceof ApiError) || error.status !== 404) throw error;
     state.image = null;
-    const again = await ensureUploaded();
-    return api.segment(again.imageId, body);
+    return call(await ensureUploaded());
   }
 }
 
@@ -236,12 +249,24 @@ function requestFor(entry) {
   const index = state.history.indexOf(entry);
   for (let i = index - 1; i > 0; i--) {
     const earlier = state.history[i];
+    if (earlier.automatic) break; // the prompts started afresh there
     if (earlier.result && earlier.result.logits) {
       body.mask_input = candidateMaskInput(earlier.result.logits, earlier.chosen);
       break;
     }
   }
   return body;
+}
+
+/** The Detail select's grid, over whatever the page's address gives. */
+function automaticBody() {
+  const pointsPerSide = Number(ui.detail.value);
+  return {
+    ...ADDRESS_PARAMETERS,
+    model_id: state.modelId || undefined,
+    mask_format: "rle",
+    points_per_side: Number.isFinite(pointsPerSide) ? pointsPerSide : ui.detail.value,
+  };
 }
 
 function resultOf(answer) {
@@ -258,22 +283,111 @@ function resultOf(answer) {
   };
 }
 
+// ---- segment everything ------------------------------------------------
+
+/**
+ * Every mask of the image, as one step of `history`, pushed at once: prompts
+ * added while it runs go on top of it (the answer then waits for an undo),
+ * and Clear or another image drops an answer still on its way. It can take a
+ * while (the grid is points_per_side² prompts), so the button counts seconds.
+ */
+async function segmentEverything() {
+  if (!state.image || state.everything) return;
+  clearError();
+  const entry = { ...emptyEntry(), automatic: { body: null, answer: null, overlay: null, visible: 0 } };
+  state.history.push(entry);
+  state.everything = entry;
+  render();
+  showBusy();
+  const started = performance.now();
+  const tick = () => {
+    if (state.everything !== entry) return;
+    ui.everything.textContent = `Segmenting… ${Math.floor((performance.now() - started) / 1000)} s`;
+  };
+  tick();
+  const timer = setInterval(tick, 1000);
+  try {
+    const answer = await onImage((image) => {
+      entry.automatic.body = automaticBody();
+      return api.automaticMasks(image.imageId, entry.automatic.body);
+    });
+    if (!state.history.includes(entry)) return; // cleared, or another image: nobody wants it
+    let drawn;
+    try {
+      drawn = everythingOverlay(answer.masks, answer.width, answer.height);
+    } catch (error) {
+      throw new Error(`Could not draw the automatic masks: ${error.message}`);
+    }
+    Object.assign(entry.automatic, { answer, ...drawn });
+  } catch (error) {
+    const at = state.history.indexOf(entry);
+    if (at < 0) return; // dropped meanwhile: its failure is nobody's concern either
+    state.history.splice(at, 1); // a failed step is nothing to come back to
+    showError(error);
+  } finally {
+    clearInterval(timer);
+    if (state.everything === entry) {
+      dropEverything();
+      render();
+    }
+  }
+}
+
+/** Forget the request in flight (its answer is dropped when it comes): the button is free again. */
+function dropEverything() {
+  state.everything = null;
+  ui.everything.textContent = "Segment everything";
+  showBusy();
+}
+
+function showEverything(automatic) {
+  state.shown++; // a candidate still decoding must not draw over these
+  stage.setMask(automatic.overlay);
+  const count = automatic.answer.masks.length;
+  const side = automatic.body.points_per_side;
+  const parts = [`${count} ${count === 1 ? "mask" : "masks"}`, `${side}×${side} points`];
+  if (count === 0) parts[0] += " (none passed the quality thresholds)";
+  const hidden = count - automatic.visible;
+  if (hidden > 0) parts.push(`${hidden} hidden under smaller ones`);
+  setMaskStatus(parts.join(" · "));
+}
+
 // ---- drawing -----------------------------------------------------------
 
 function render() {
   const entry = current();
   stage.setPrompts(entry.prompts);
-  ui.undo.disabled = state.history.length <= 1;
-  ui.clear.disabled = state.history.length <= 1;
+  updateControls();
   renderCandidates(entry);
-  ui.download.disabled = !entry.result;
-  if (entry.result) {
+  if (entry.automatic) {
+    if (entry.automatic.overlay) {
+      showEverything(entry.automatic);
+    } else {
+      // Still on its way: the image alone meanwhile, not the last prompt's
+      // mask without its prompts.
+      state.shown++;
+      stage.setMask(null);
+      setMaskStatus("");
+    }
+  } else if (entry.result) {
     showMask(entry.result, entry.chosen);
   } else if (!entry.prompts.length) {
     state.shown++;
     stage.setMask(null);
   }
   // Otherwise the previous mask stays up until the new answer arrives.
+}
+
+function updateControls() {
+  ui.undo.disabled = state.history.length <= 1;
+  ui.clear.disabled = state.history.length <= 1;
+  ui.download.disabled = !current().result;
+  ui.everything.disabled = !state.image || state.everything !== null;
+}
+
+function showBusy() {
+  stage.root.classList.toggle("busy", state.busy || state.everything !== null);
+  ui.everything.setAttribute("aria-busy", String(state.everything !== null));
 }
 
 function renderCandidates(entry) {
@@ -311,8 +425,7 @@ async function showMask(result, index) {
     const area = result.overlays[index].area;
     const score = Number(result.scores[index]).toFixed(3);
     const of = result.masks.length > 1 ? `mask ${index + 1}/${result.masks.length} · ` : "";
-    ui.status.dataset.mask = `${of}score ${score} · ${area.toLocaleString("en")} px`;
-    ui.status.textContent = [ui.status.dataset.request, ui.status.dataset.mask].filter(Boolean).join(" · ");
+    setMaskStatus(`${of}score ${score} · ${area.toLocaleString("en")} px`);
   } catch (error) {
     showError(new Error(`Could not decode the mask: ${error.message}`));
   }
@@ -324,6 +437,16 @@ function report({ what, status, sent, received, ms }) {
   const code = status ? `${status}` : "no answer";
   ui.status.dataset.request = `${what} ${code} · ↑ ${bytes(sent)} ↓ ${bytes(received)} · ${Math.round(ms)} ms`;
   if (what === "upload") ui.status.dataset.mask = "";
+  updateStatus();
+}
+
+/** What the overlay shows, after the last request's line. */
+function setMaskStatus(text) {
+  ui.status.dataset.mask = text;
+  updateStatus();
+}
+
+function updateStatus() {
   ui.status.textContent = [ui.status.dataset.request, ui.status.dataset.mask].filter(Boolean).join(" · ");
 }
 
@@ -385,6 +508,7 @@ function wire() {
   ui.undo.addEventListener("click", undo);
   ui.clear.addEventListener("click", clearPrompts);
   ui.download.addEventListener("click", downloadMask);
+  ui.everything.addEventListener("click", segmentEverything);
 
   let depth = 0;
   window.addEventListener("dragenter", (event) => {
@@ -411,13 +535,14 @@ function wire() {
   });
 
   window.addEventListener("keydown", (event) => {
-    if (event.target instanceof HTMLInputElement) return;
+    if (event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement) return;
     const entry = current();
     if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z") undo();
     else if (event.ctrlKey || event.metaKey || event.altKey) return;
     else if (event.key === "Escape") clearPrompts();
     else if (event.key === "b") setBackground(true);
     else if (event.key === "f") setBackground(false);
+    else if (event.key === "e") segmentEverything();
     else if (event.key === "ArrowRight") choose(entry.chosen + 1);
     else if (event.key === "ArrowLeft") choose(entry.chosen - 1);
     else if (/^[1-9]$/.test(event.key) && entry.result && Number(event.key) <= entry.result.masks.length) {
@@ -427,6 +552,18 @@ function wire() {
   });
 }
 
+/** A points_per_side from the page's address shows in the Detail select, as an option of its own if need be. */
+function initDetail() {
+  const side = ADDRESS_PARAMETERS.points_per_side;
+  if (side === undefined) return;
+  const value = String(side);
+  if (![...ui.detail.options].some((option) => option.value === value)) {
+    ui.detail.add(new Option(`${value}×${value} points`, value));
+  }
+  ui.detail.value = value;
+}
+
 initToken();
+initDetail();
 wire();
 render();

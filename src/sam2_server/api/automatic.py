@@ -1,0 +1,249 @@
+"""`POST /v1/images/{image_id}/automatic-masks`: segment everything on an uploaded image.
+
+The parameters and answer are the sam2 library's `SAM2AutomaticMaskGenerator`
+and its `generate()` records (`output_mode="coco_rle"`), names and defaults
+included, so code written against the library reads the answer unchanged.
+The work grows with points_per_side squared, times the crops of each crop
+layer, so both are bounded by settings (400 past them); every other
+parameter is checked against its meaningful range here, before admission,
+rather than failing inside the library as a 500. Auth, model checks,
+admission and the error shape are the other native routes' (`pipeline.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, field_validator
+
+from sam2_server.api.admission import Admission, Ticket, estimate_work_bytes
+from sam2_server.api.native import _IMAGE_ID as IMAGE_ID_PATTERN
+from sam2_server.api.native import IMAGES_PATH, NATIVE_RESPONSES, SegmenterDep
+from sam2_server.api.pipeline import check_model, request_record, require_ready, run_admitted
+from sam2_server.api.routes import bearer_scheme, serialise
+from sam2_server.codecs.automatic import automatic_answer, estimate_answer_bytes
+from sam2_server.config import Settings
+from sam2_server.domain import AutomaticParams, ImageInfo, MaskRecord, Timings
+from sam2_server.errors import bad_request, image_not_cached
+from sam2_server.prompts import AutomaticLimits, check_automatic
+
+MIB = 1024 * 1024
+# The mask decoder's activations per point of a batch (the image embedding
+# repeated per point, the two-way transformer, the upscaled features): a
+# 64-point batch peaked 1.66 GB above the idle process on CPU in fp32,
+# whatever the image size. Every SAM2 size shares this decoder.
+DECODER_BYTES_PER_POINT = 28 * MIB
+
+_DEFAULTS = AutomaticParams()
+
+
+logger = logging.getLogger(__name__)
+
+
+class AutomaticMasksRequest(BaseModel):
+    """SAM2AutomaticMaskGenerator's parameters, with the library's defaults."""
+
+    model_id: str = Field("", description="Empty: the server's default model.")
+    mask_format: Literal["rle", "png"] = Field(
+        "rle", description="`rle`: COCO RLE {size, counts}; `png`: base64 grayscale PNG."
+    )
+    points_per_side: int = Field(
+        _DEFAULTS.points_per_side,
+        description="Grid points along each side of the image (points_per_side**2 prompts).",
+    )
+    points_per_batch: int = Field(
+        _DEFAULTS.points_per_batch, description="Points run through the model at once."
+    )
+    pred_iou_thresh: float = Field(
+        _DEFAULTS.pred_iou_thresh, description="Keep masks whose predicted IoU is above this."
+    )
+    stability_score_thresh: float = Field(
+        _DEFAULTS.stability_score_thresh,
+        description="Keep masks whose stability score is at least this.",
+    )
+    stability_score_offset: float = Field(
+        _DEFAULTS.stability_score_offset,
+        description="Shift of the logit cutoff used to compute the stability score.",
+    )
+    mask_threshold: float = Field(
+        _DEFAULTS.mask_threshold, description="Logit threshold that binarises a mask."
+    )
+    box_nms_thresh: float = Field(
+        _DEFAULTS.box_nms_thresh, description="Box IoU above which duplicate masks are dropped."
+    )
+    crop_n_layers: int = Field(
+        _DEFAULTS.crop_n_layers,
+        description="Layers of image crops run again (layer i has (2**i)**2 crops).",
+    )
+    crop_nms_thresh: float = Field(
+        _DEFAULTS.crop_nms_thresh,
+        description="Box IoU above which duplicates between crops are dropped.",
+    )
+    crop_overlap_ratio: float = Field(
+        _DEFAULTS.crop_overlap_ratio, description="How much crops overlap, in [0, 1)."
+    )
+    crop_n_points_downscale_factor: int = Field(
+        _DEFAULTS.crop_n_points_downscale_factor,
+        description="Points per side in crop layer n: points_per_side / factor**n.",
+    )
+    min_mask_region_area: int = Field(
+        _DEFAULTS.min_mask_region_area,
+        description=(
+            "Fill holes and remove islands up to this area (low-res mask pixels); needs "
+            "sam2's CUDA extension, a 400 where the server lacks it."
+        ),
+    )
+    use_m2m: bool = Field(
+        _DEFAULTS.use_m2m, description="Refine each mask once with its own low-res logits."
+    )
+    multimask_output: bool = Field(
+        _DEFAULTS.multimask_output, description="Three candidate masks per point instead of one."
+    )
+
+    @field_validator("model_id", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+
+class CocoRle(BaseModel):
+    """COCO RLE as pycocotools writes it, `counts` decoded to a string."""
+
+    size: list[int] = Field(..., description="[height, width]")
+    counts: str
+
+
+class AutomaticMask(BaseModel):
+    """One record of `SAM2AutomaticMaskGenerator.generate()`."""
+
+    segmentation: CocoRle | str = Field(
+        ..., description="COCO RLE (mask_format rle) or a base64 grayscale PNG (png)."
+    )
+    area: int = Field(..., description="Pixels in the mask.")
+    bbox: list[float] = Field(..., description="Box around the mask, XYWH.")
+    predicted_iou: float
+    point_coords: list[list[float]] = Field(..., description="The grid point that prompted it.")
+    stability_score: float
+    crop_box: list[float] = Field(..., description="The crop it was generated on, XYWH.")
+
+
+class AutomaticMasksResponse(BaseModel):
+    """Every mask the generator kept, in its order."""
+
+    image_id: str
+    model_id: str
+    width: int
+    height: int
+    masks: list[AutomaticMask]
+    warnings: list[str] | None = Field(
+        None,
+        description="What the parameters asked for that the library skipped on this server "
+        "(e.g. min_mask_region_area without sam2's CUDA extension); absent when nothing was.",
+    )
+
+
+def build_automatic_router(settings: Settings, admission: Admission) -> APIRouter:
+    # The token is checked by the guard before the body is read; this only
+    # declares the bearer scheme in the schema.
+    router = APIRouter(prefix=IMAGES_PATH, tags=["images"], dependencies=[Depends(bearer_scheme)])
+
+    @router.post(
+        "/{image_id}/automatic-masks",
+        response_model=AutomaticMasksResponse,
+        responses=NATIVE_RESPONSES,
+        operation_id="automaticMasks",
+        summary="Segment everything on an uploaded image (SAM2AutomaticMaskGenerator)",
+    )
+    async def automatic_masks(
+        request: Request,
+        segmenter: SegmenterDep,
+        image_id: Annotated[str, Path(description="SHA-256 (hex) of the image's bytes.")],
+        body: AutomaticMasksRequest,
+    ) -> Response:
+        record = request_record(request)
+        model = check_model(segmenter, body.model_id)
+        record.details["model"] = model
+        if not IMAGE_ID_PATTERN.match(image_id):
+            raise image_not_cached(image_id, model)
+        params = automatic_params(body, settings)
+        require_ready(segmenter)
+        info = segmenter.find_image(model, image_id)
+        if info is None:
+            raise image_not_cached(image_id, model)
+        record.details.update(
+            width=info.width,
+            height=info.height,
+            points_per_side=params.points_per_side,
+            crop_n_layers=params.crop_n_layers,
+        )
+        timings = Timings()
+        warnings = segmenter.automatic_warnings(params)
+        for warning in warnings:
+            logger.warning("automatic masks on %s: %s", image_id[:12], warning)
+
+        def work(cancelled: Callable[[], bool]) -> tuple[ImageInfo, list[MaskRecord]]:
+            return segmenter.automatic_masks(model, image_id, params, timings, cancelled)
+
+        cost = automatic_work_bytes(params, info.height, info.width)
+        (found, records), ticket = await run_admitted(request, admission, cost, timings, work)
+        record.details["masks"] = len(records)
+        _check_answer_size(records, settings.max_response_bytes, ticket)
+        return await serialise(
+            record,
+            ticket,
+            partial(
+                automatic_answer,
+                records,
+                image_id=found.image_id,
+                model_id=model,
+                width=found.width,
+                height=found.height,
+                mask_format=body.mask_format,
+                warnings=warnings,
+            ),
+        )
+
+    return router
+
+
+def automatic_params(body: AutomaticMasksRequest, settings: Settings) -> AutomaticParams:
+    """The body's parameters, or a 400 naming the first one out of its range or bound."""
+    fields = body.model_dump(exclude={"model_id", "mask_format"})
+    limits = AutomaticLimits(
+        max_points_per_side=settings.max_points_per_side,
+        max_points_per_batch=settings.max_points_per_batch,
+        max_crop_layers=settings.max_crop_layers,
+    )
+    return check_automatic(AutomaticParams(**fields), limits)
+
+
+def automatic_work_bytes(params: AutomaticParams, height: int, width: int) -> int:
+    """Peak working memory of one generation: one batch of points at a time.
+
+    The mask decoder's activations for the batch, then its candidates as
+    full-size float logits with their filtered copies and boolean masks
+    (the largest crop is the whole image); the pixels, for crops. Masks
+    kept between batches are run-length encoded, small beside a batch.
+    """
+    points = min(params.points_per_batch, params.points_per_side**2)
+    candidates = 3 if params.multimask_output else 1
+    return estimate_work_bytes(points, candidates, height, width) + points * DECODER_BYTES_PER_POINT
+
+
+def _check_answer_size(records: list[MaskRecord], limit: int, ticket: Ticket) -> None:
+    """Refuse an answer too large to send. Its size is known only after the work (how
+    many masks pass the thresholds, how ragged they are), so say what to change."""
+    estimate = estimate_answer_bytes(records)
+    if estimate <= limit:
+        return
+    ticket.release()
+    raise bad_request(
+        f"The answer would hold {len(records)} masks, about {estimate / 2**20:.1f} MiB, over "
+        f"this server's limit of {limit / 2**20:.1f} MiB (MAX_RESPONSE_BYTES); raise "
+        "pred_iou_thresh or stability_score_thresh, or lower points_per_side."
+    )

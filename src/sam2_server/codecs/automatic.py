@@ -1,0 +1,101 @@
+"""The automatic-masks answer: the library's records, masks as COCO RLE or PNG.
+
+The engine keeps each mask as the uncompressed RLE the library computes
+(run lengths over column-major pixels). `"rle"` compresses it exactly as the
+library's own `coco_encode_rle` does for `output_mode="coco_rle"`, so the
+answer's records equal `generate()`'s; `"png"` expands it to a mask and
+writes it as the segment route does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+from pycocotools import mask as coco_mask
+
+from sam2_server.codecs.native import encode_png
+from sam2_server.domain import MaskRecord
+
+# An answer's size follows its masks' boundaries: COCO RLE writes each run in
+# one to three characters, and PNG's deflate spends about as much per run.
+_BYTES_PER_RUN = 4
+_BYTES_PER_RECORD = 512  # the other fields, the PNG header, the JSON punctuation
+_BYTES_PER_ANSWER = 1024  # ids and size
+
+
+def estimate_answer_bytes(records: Sequence[MaskRecord]) -> int:
+    """About the most bytes `automatic_answer` writes for `records`, in either format."""
+    return _BYTES_PER_ANSWER + sum(
+        len(record.segmentation["counts"]) * _BYTES_PER_RUN + _BYTES_PER_RECORD
+        for record in records
+    )
+
+
+def coco_rle(rle: dict[str, list[int]]) -> dict[str, Any]:
+    """COCO RLE `{"size": [h, w], "counts": str}`, as sam2's `coco_encode_rle` writes it."""
+    height, width = rle["size"]
+    encoded = coco_mask.frPyObjects(rle, height, width)
+    return {"size": encoded["size"], "counts": encoded["counts"].decode("utf-8")}
+
+
+def rle_to_mask(rle: dict[str, list[int]]) -> np.ndarray:
+    """The H x W bool mask of an uncompressed RLE (runs alternate, background first)."""
+    height, width = rle["size"]
+    counts = np.asarray(rle["counts"], dtype=np.int64)
+    if int(counts.sum()) != height * width:
+        raise ValueError(f"RLE runs cover {int(counts.sum())} pixels, not {height}x{width}")
+    values = np.arange(counts.size) % 2 == 1
+    return np.repeat(values, counts).reshape(width, height).T
+
+
+def encode_segmentation(rle: dict[str, list[int]], mask_format: str) -> dict[str, Any] | str:
+    """One mask in `mask_format`: COCO RLE (`rle`) or a base64 grayscale PNG (`png`)."""
+    if mask_format == "rle":
+        return coco_rle(rle)
+    return encode_png(rle_to_mask(rle))
+
+
+def automatic_answer(
+    records: Sequence[MaskRecord],
+    *,
+    image_id: str,
+    model_id: str,
+    width: int,
+    height: int,
+    mask_format: str,
+    warnings: Sequence[str] = (),
+) -> bytes:
+    """`{"image_id", "model_id", "width", "height", "masks": [records]}`, in the library's order.
+
+    `warnings` (what the library skipped, e.g. `min_mask_region_area` without
+    its CUDA extension) is added only when there are some.
+
+    Each record has the fields of `generate()`'s, with the same values: ints
+    stay ints and floats are written exactly (orjson writes the shortest text
+    that reads back as the same double).
+    """
+    masks = [
+        {
+            "segmentation": encode_segmentation(record.segmentation, mask_format),
+            "area": record.area,
+            "bbox": record.bbox,
+            "predicted_iou": record.predicted_iou,
+            "point_coords": record.point_coords,
+            "stability_score": record.stability_score,
+            "crop_box": record.crop_box,
+        }
+        for record in records
+    ]
+    answer: dict[str, object] = {
+        "image_id": image_id,
+        "model_id": model_id,
+        "width": width,
+        "height": height,
+        "masks": masks,
+    }
+    if warnings:
+        answer["warnings"] = list(warnings)
+    return orjson.dumps(answer)

@@ -1,0 +1,49 @@
+"""Video answers: one frame's masks per object, as JSON or as one NDJSON line.
+
+The same mask encodings as the image routes (`native.py`): COCO RLE or PNG,
+binary, at the clip's original size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from sam2_server.codecs.native import encode_png, encode_rle
+from sam2_server.domain import FrameMasks, VideoInfo
+
+
+def frame_fields(frame: FrameMasks, mask_format: str) -> dict[str, Any]:
+    """`{"frame_index", "objects": [{"object_id", "mask"}]}`, objects in the session's order."""
+    encode = encode_rle if mask_format == "rle" else encode_png
+    return {
+        "frame_index": frame.frame_index,
+        "objects": [
+            {"object_id": object_id, "mask": encode(mask)}
+            for object_id, mask in zip(frame.object_ids, frame.masks, strict=True)
+        ],
+    }
+
+
+def frame_answer(frame: FrameMasks, mask_format: str) -> bytes:
+    return orjson.dumps(frame_fields(frame, mask_format))
+
+
+def frame_line(frame: FrameMasks, mask_format: str) -> bytes:
+    """One line of the propagation stream (`application/x-ndjson`)."""
+    return orjson.dumps(frame_fields(frame, mask_format)) + b"\n"
+
+
+def video_fields(info: VideoInfo, *, objects: bool = True) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "video_id": info.video_id,
+        "model_id": info.model_id,
+        "frames": info.frames,
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+    }
+    if objects:
+        fields["objects"] = list(info.objects)
+    return fields

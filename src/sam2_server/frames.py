@@ -1,0 +1,131 @@
+"""Video uploads → frames: a video file through PyAV, or frame images in order.
+
+SAM2's own loader takes only a folder of JPEG files (and, optionally, decord,
+which has no wheels for current Pythons); PyAV is the maintained FFmpeg
+binding, reads any container FFmpeg reads from a file object, and hands out
+frames one at a time, so a clip is never held at its original resolution:
+the caller shrinks each frame to the model's input size as it arrives.
+
+Frame images go through the same decoder as the image routes (`images.py`),
+whose `.convert("RGB")` is also what SAM2's JPEG loader does, so a folder of
+JPEG files and the same files uploaded as `frames` give identical pixels.
+
+No torch here: limits and error messages are checked before any model work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from PIL import Image
+
+from sam2_server.errors import ServiceError, bad_request
+from sam2_server.images import decode_image, probe_image
+
+
+@dataclass
+class Clip:
+    """A decoded clip's description and its frames, produced lazily, in order."""
+
+    width: int
+    height: int
+    fps: float | None  # None for frame images
+    frames: Iterator[Image.Image]  # RGB, width x height each
+
+
+def too_many_frames(limit: int) -> ServiceError:
+    return ServiceError(
+        413,
+        f"video: more than {limit} frames; this server's limit per session is {limit} "
+        "(VIDEO_MAX_FRAMES). Upload a shorter clip, or fewer frames.",
+    )
+
+
+def frame_images(files: Sequence[BinaryIO], *, max_frames: int, max_pixels: int) -> Clip:
+    """Frame images, in the order given; every one the size of the first (else 400)."""
+    if not files:
+        raise bad_request("frames: no frame was uploaded; send `video` or `frames`.")
+    if len(files) > max_frames:
+        raise too_many_frames(max_frames)
+    sizes = []
+    for index, file in enumerate(files):
+        try:
+            sizes.append(probe_image(file, max_pixels=max_pixels))
+        except ServiceError as exc:
+            raise bad_request(f"frames[{index}]: {exc.message}") from None
+    width, height = sizes[0]
+    for index, size in enumerate(sizes):
+        if size != (width, height):
+            raise bad_request(
+                f"frames[{index}] is {size[0]}x{size[1]} but frames[0] is {width}x{height}; "
+                "every frame of a clip must have the same size."
+            )
+
+    def decoded() -> Iterator[Image.Image]:
+        for index, file in enumerate(files):
+            file.seek(0)
+            try:
+                yield decode_image(file.read(), max_pixels=max_pixels)
+            except ServiceError as exc:
+                raise bad_request(f"frames[{index}]: {exc.message}") from None
+
+    return Clip(width, height, None, decoded())
+
+
+def video_file(file: BinaryIO, *, max_frames: int, max_pixels: int) -> Clip:
+    """The first video stream of a container, decoded frame by frame (400 if unreadable).
+
+    The size and frame rate come from the stream's header; a frame that does
+    not match the header (a mid-stream resolution change) is a 400, since
+    SAM2's state assumes one size per clip.
+    """
+    import av  # imported here: only video uploads need FFmpeg loaded
+
+    file.seek(0)
+    try:
+        container = av.open(file, mode="r")
+    except av.FFmpegError as exc:
+        raise bad_request(f"video: the file could not be opened as a video ({exc}).") from None
+    except Exception as exc:  # e.g. an empty file
+        raise bad_request(f"video: the file could not be read ({type(exc).__name__}).") from None
+    if not container.streams.video:
+        container.close()
+        raise bad_request("video: the file has no video stream.")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width <= 0 or height <= 0:
+        container.close()
+        raise bad_request("video: the video stream does not say its frame size.")
+    if width * height > max_pixels:
+        container.close()
+        raise bad_request(
+            f"video: {width}x{height} frames are larger than this server's limit of "
+            f"{max_pixels} pixels per frame (VIDEO_MAX_PIXELS)."
+        )
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate and math.isfinite(float(rate)) and float(rate) > 0 else None
+
+    def decoded() -> Iterator[Image.Image]:
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                count += 1
+                if count > max_frames:
+                    raise too_many_frames(max_frames)
+                if (frame.width, frame.height) != (width, height):
+                    raise bad_request(
+                        f"video: frame {count - 1} is {frame.width}x{frame.height}, the stream "
+                        f"says {width}x{height}; clips that change size are not supported."
+                    )
+                yield frame.to_image()
+        except av.FFmpegError as exc:
+            raise bad_request(f"video: decoding failed at frame {count} ({exc}).") from None
+        finally:
+            container.close()
+        if count == 0:
+            raise bad_request("video: the video stream has no frames.")
+
+    return Clip(width, height, fps, decoded())

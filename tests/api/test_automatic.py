@@ -1,0 +1,290 @@
+"""`POST /v1/images/{id}/automatic-masks`: the library's own generator, on the cached embedding.
+
+Every answer is compared with `SAM2AutomaticMaskGenerator(...,
+output_mode="coco_rle").generate()` on the same checkpoint and pixels:
+the same records in the same order, floats exactly equal (both sides run
+the same float32 computations on the same features; JSON carries each
+value as the shortest text that reads back as the same double).
+
+Random weights give noisy masks that the default thresholds drop, so the
+parity cases relax them (pred_iou_thresh 0, stability_score_thresh 0,
+box_nms_thresh 1) to keep many masks, and use a small image and a few
+points: the mask decoder, not the image size, is the cost on CPU.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import inspect
+import io
+from functools import cache
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pycocotools import mask as coco_mask
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+from sam2_server.api import create_app
+from sam2_server.engine.automatic import small_region_filter_available
+from tests.api.test_errors import assert_error
+from tests.conftest import image_bytes
+
+WIDTH, HEIGHT = 96, 64
+TOKEN = "automatic-token"
+RELAXED = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+RECORD_KEYS = [
+    "segmentation",
+    "area",
+    "bbox",
+    "predicted_iou",
+    "point_coords",
+    "stability_score",
+    "crop_box",
+]
+
+
+def small_png() -> bytes:
+    buffer = io.BytesIO()
+    photo = Image.open(io.BytesIO(image_bytes("groceries.jpg"))).convert("RGB")
+    photo.resize((WIDTH, HEIGHT)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+DATA = small_png()
+IMAGE_ID = hashlib.sha256(DATA).hexdigest()
+PIXELS = np.array(Image.open(io.BytesIO(DATA)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def uploaded(client) -> str:
+    response = client.post("/v1/images", files={"image": ("small.png", DATA, "image/png")})
+    assert response.status_code == 200, response.text
+    return response.json()["image_id"]
+
+
+@pytest.fixture(scope="module")
+def library(reference_predictor):
+    """The library's records for some parameters, computed once per module."""
+
+    @cache
+    def records(**params) -> list[dict]:
+        generator = SAM2AutomaticMaskGenerator(
+            reference_predictor.model, output_mode="coco_rle", **params
+        )
+        return generator.generate(PIXELS)
+
+    return records
+
+
+def automatic(client, image_id: str = IMAGE_ID, **body) -> dict:
+    response = client.post(f"/v1/images/{image_id}/automatic-masks", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["image_id"], answer["width"], answer["height"]) == (IMAGE_ID, WIDTH, HEIGHT)
+    return answer
+
+
+def assert_same_records(masks: list[dict], want: list[dict]) -> None:
+    assert len(masks) == len(want)
+    for got, expected in zip(masks, want, strict=True):
+        assert list(got) == RECORD_KEYS
+        assert got == expected
+
+
+def test_records_equal_the_librarys_generate(client, uploaded, library, reduced_engine):
+    params = {"points_per_side": 3, **RELAXED}
+    before = reduced_engine.encoded_images
+    answer = automatic(client, uploaded, **params)
+    want = library(**params)
+    assert len(want) >= 20  # 9 points x 3 candidates, none dropped
+    assert_same_records(answer["masks"], want)
+    assert answer["model_id"] == reduced_engine.default_model_id
+    assert reduced_engine.encoded_images == before  # the cached embedding, no encoder run
+    segmentation = answer["masks"][0]["segmentation"]
+    assert segmentation["size"] == [HEIGHT, WIDTH]
+    assert isinstance(segmentation["counts"], str)
+
+
+def test_png_masks_are_the_librarys_masks(client, uploaded, library):
+    params = {"points_per_side": 2, **RELAXED}
+    answer = automatic(client, uploaded, **params, mask_format="png")
+    want = library(**params)
+    assert len(want) == 12
+    for got, expected in zip(answer["masks"], want, strict=True):
+        png = Image.open(io.BytesIO(base64.b64decode(got["segmentation"])))
+        assert png.mode == "L"
+        pixels = np.array(png)
+        assert set(np.unique(pixels)) <= {0, 255}
+        rle = {**expected["segmentation"], "counts": expected["segmentation"]["counts"].encode()}
+        np.testing.assert_array_equal(pixels == 255, coco_mask.decode(rle).astype(bool))
+        assert {**got, "segmentation": None} == {**expected, "segmentation": None}
+
+
+def test_other_thresholds_cost_no_encoder_run(client, uploaded, library, reduced_engine):
+    params = {"points_per_side": 2, **RELAXED}
+    before = reduced_engine.encoded_images
+    first = automatic(client, uploaded, **params)["masks"]
+    assert_same_records(first, library(**params))
+    threshold = float(np.median([m["predicted_iou"] for m in first]))
+    second = automatic(client, uploaded, **{**params, "pred_iou_thresh": threshold})["masks"]
+    # Without NMS (box_nms_thresh 1) a higher threshold keeps a subset, in order.
+    assert second == [m for m in first if m["predicted_iou"] > threshold]
+    assert 0 < len(second) < len(first)
+    assert reduced_engine.encoded_images == before
+
+
+def test_crop_layers_equal_the_library(client, uploaded, library, reduced_engine):
+    params = {
+        "points_per_side": 2,
+        "crop_n_layers": 1,
+        "crop_n_points_downscale_factor": 2,
+        "crop_nms_thresh": 1.0,
+        **RELAXED,
+    }
+    before = reduced_engine.encoded_images
+    answer = automatic(client, uploaded, **params)
+    assert_same_records(answer["masks"], library(**params))
+    assert answer["masks"]
+    # The whole image from the cache; only the 4 crops of layer 1 are encoded.
+    assert reduced_engine.encoded_images == before + 4
+
+
+def test_m2m_and_single_mask_equal_the_library(client, uploaded, library):
+    params = {"points_per_side": 2, "use_m2m": True, "multimask_output": False, **RELAXED}
+    answer = automatic(client, uploaded, **params)
+    want = library(**params)
+    assert len(want) == 4
+    assert_same_records(answer["masks"], want)
+
+
+def test_min_mask_region_area_is_the_librarys_and_says_when_skipped(
+    client, uploaded, library, reduced_engine
+):
+    """The records are generate()'s either way; without sam2's CUDA extension the library
+    skips the filtering (with a Python warning), and the answer says so."""
+    params = {"points_per_side": 2, "min_mask_region_area": 20, **RELAXED}
+    answer = automatic(client, uploaded, **params)
+    assert_same_records(answer["masks"], library(**params))
+    if small_region_filter_available(reduced_engine.device):  # a CUDA build of sam2
+        assert "warnings" not in answer
+    else:
+        (warning,) = answer["warnings"]
+        assert "min_mask_region_area was not applied" in warning
+    assert "warnings" not in automatic(client, uploaded, **{**params, "min_mask_region_area": 0})
+
+
+def test_default_parameters_are_the_librarys(client):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    properties = schema["AutomaticMasksRequest"]["properties"]
+    defaults = {name: spec.get("default") for name, spec in properties.items()}
+    signature = inspect.signature(SAM2AutomaticMaskGenerator.__init__).parameters.values()
+    library_defaults = {
+        p.name: p.default
+        for p in signature
+        if p.default is not p.empty and p.name not in ("point_grids", "output_mode")
+    }
+    assert defaults == {**library_defaults, "model_id": "", "mask_format": "rle"}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"points_per_side": 0}, "points_per_side must be at least 1"),
+        ({"points_per_side": 65}, "MAX_POINTS_PER_SIDE"),
+        ({"points_per_batch": 0}, "points_per_batch must be at least 1"),
+        ({"points_per_batch": 257}, "MAX_POINTS_PER_BATCH"),
+        ({"crop_n_layers": -1}, "crop_n_layers must be at least 0"),
+        ({"crop_n_layers": 3}, "MAX_CROP_LAYERS"),
+        ({"pred_iou_thresh": 1.5}, "pred_iou_thresh must be between 0 and 1"),
+        ({"stability_score_thresh": -0.1}, "stability_score_thresh"),
+        ({"box_nms_thresh": 2}, "box_nms_thresh"),
+        ({"crop_nms_thresh": -1}, "crop_nms_thresh"),
+        ({"stability_score_offset": -1}, "stability_score_offset must be at least 0"),
+        ({"crop_overlap_ratio": 1.0}, "crop_overlap_ratio"),
+        ({"crop_overlap_ratio": -0.5}, "crop_overlap_ratio"),
+        ({"crop_n_points_downscale_factor": 0}, "crop_n_points_downscale_factor"),
+        (
+            {"points_per_side": 3, "crop_n_layers": 1, "crop_n_points_downscale_factor": 4},
+            "without points",
+        ),
+        ({"min_mask_region_area": -1}, "min_mask_region_area must be at least 0"),
+        ({"min_mask_region_area": 2**40}, "min_mask_region_area"),
+    ],
+)
+def test_parameters_out_of_range_are_400_naming_them(client, uploaded, body, fragment):
+    response = client.post(f"/v1/images/{uploaded}/automatic-masks", json=body)
+    assert_error(response, 400, fragment)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (b'{"mask_threshold": NaN}', "mask_threshold"),
+        (b'{"pred_iou_thresh": Infinity}', "pred_iou_thresh"),
+        (b'{"stability_score_offset": -Infinity}', "stability_score_offset"),
+    ],
+)
+def test_non_finite_numbers_are_400(client, uploaded, text, field):
+    response = client.post(
+        f"/v1/images/{uploaded}/automatic-masks",
+        content=text,
+        headers={"content-type": "application/json"},
+    )
+    assert_error(response, 400, field, "finite")
+
+
+def test_bad_json_and_bad_types_are_422(client, uploaded):
+    path = f"/v1/images/{uploaded}/automatic-masks"
+    bad_json = client.post(path, content=b"{", headers={"content-type": "application/json"})
+    assert bad_json.status_code == 422
+    assert client.post(path, json={"mask_format": "gif"}).status_code == 422
+    assert client.post(path, json={"points_per_side": "many"}).status_code == 422
+    assert client.post(path, json={"use_m2m": "maybe"}).status_code == 422
+
+
+def test_unknown_image_is_the_segment_routes_404(client):
+    for image_id in ("ab" * 32, "not-a-hash"):
+        response = client.post(f"/v1/images/{image_id}/automatic-masks", json={})
+        assert_error(response, 404, "upload it again with POST /v1/images")
+    response = client.post(f"/v1/images/{IMAGE_ID}/automatic-masks", json={"model_id": "nope"})
+    assert_error(response, 400, "nope")
+
+
+def test_an_answer_over_the_response_limit_is_400(reduced_settings, reduced_engine, uploaded):
+    app = create_app(reduced_settings.with_(max_response_bytes=2000), reduced_engine, load=False)
+    with TestClient(app) as client:
+        response = client.post(
+            f"/v1/images/{uploaded}/automatic-masks", json={"points_per_side": 1, **RELAXED}
+        )
+        assert_error(response, 400, "3 masks", "MAX_RESPONSE_BYTES", "pred_iou_thresh")
+        assert app.state.admission.in_use == 0  # the ticket was given back
+
+
+def test_the_route_needs_the_token(reduced_settings, reduced_engine):
+    app = create_app(reduced_settings.with_(auth_token=TOKEN), reduced_engine, load=False)
+    path = "/v1/images/" + "ef" * 32 + "/automatic-masks"
+    with TestClient(app) as client:
+        assert_error(client.post(path, json={}), 401, "Invalid bearer token.")
+        authorised = client.post(path, json={}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert_error(authorised, 404, "upload it again")
+
+
+def test_typed_in_openapi_and_labelled_in_metrics(client, uploaded):
+    schema = client.get("/openapi.json").json()
+    operation = schema["paths"]["/v1/images/{image_id}/automatic-masks"]["post"]
+    assert operation["operationId"] == "automaticMasks"
+    assert operation["tags"] == ["images"]
+    assert operation["security"] == [{"HTTPBearer": []}]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert body.endswith("/AutomaticMasksRequest")
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ok.endswith("/AutomaticMasksResponse")
+    assert {"400", "401", "404", "503"} <= set(operation["responses"])
+    components = schema["components"]["schemas"]
+    assert list(components["AutomaticMask"]["properties"]) == RECORD_KEYS
+    client.post(f"/v1/images/{uploaded}/automatic-masks", json={"points_per_side": 0})
+    metrics = client.get("/metrics").text
+    assert 'route="/v1/images/{id}/automatic-masks",status="400"' in metrics
