@@ -142,7 +142,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         cost = estimate_work_bytes(0, 0, height, width) + upload_bytes
         info, ticket = await run_admitted(request, admission, cost, timings, work)
         ticket.release()
-        return _json(_image_fields(info))
+        return json_response(_image_fields(info))
 
     @router.get(
         "/{image_id}",
@@ -160,7 +160,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         info = segmenter.find_image(model, image_id) if _IMAGE_ID.match(image_id) else None
         if info is None:
             raise image_not_cached(image_id, model)
-        return _json(_image_fields(info))
+        return json_response(_image_fields(info))
 
     @router.post(
         "/{image_id}/segment",
@@ -227,9 +227,9 @@ def _prompt(body: SegmentRequest, limits: PromptLimits) -> Prompt:
                 raise bad_request(f"mask_input: {exc}.") from None
             check_numbers(mask, "mask_input")
         return prompt_from_arrays(
-            coords=_array(body.points, "point_coords"),
-            labels=_array(body.labels, "point_labels"),
-            boxes=_array(body.box, "box"),
+            coords=json_array(body.points, "point_coords"),
+            labels=json_array(body.labels, "point_labels"),
+            boxes=json_array(body.box, "box"),
             mask=mask,
             multimask_output=body.multimask_output,
             return_logits=False,  # binary masks, as the predictor thresholds them
@@ -237,13 +237,18 @@ def _prompt(body: SegmentRequest, limits: PromptLimits) -> Prompt:
             limits=limits,
         )
     except ServiceError as exc:
-        message = exc.message
-        for livepeer_name, native_name in _NATIVE_NAMES:
-            message = message.replace(livepeer_name, native_name)
-        raise bad_request(message) from None
+        raise in_native_names(exc) from None
 
 
-def _array(value: list[Any] | None, name: str) -> Any:
+def in_native_names(error: ServiceError) -> ServiceError:
+    """A 400 of the shared prompt checks, with the native API's field names."""
+    message = error.message
+    for livepeer_name, native_name in _NATIVE_NAMES:
+        message = message.replace(livepeer_name, native_name)
+    return bad_request(message)
+
+
+def json_array(value: list[Any] | None, name: str) -> Any:
     """An empty list means "not given", as an empty form field does on the Livepeer route."""
     return array_from_json(value, name) if value else None
 
@@ -258,5 +263,5 @@ def _image_fields(info: ImageInfo) -> dict[str, Any]:
     }
 
 
-def _json(content: dict[str, Any]) -> Response:
-    return Response(orjson.dumps(content), media_type="application/json")
+def json_response(content: dict[str, Any], status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")

@@ -24,14 +24,20 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
 from sam2_server.api.admission import Admission, Ticket
-from sam2_server.api.native import NATIVE_RESPONSES, SegmenterDep
+from sam2_server.api.native import (
+    NATIVE_RESPONSES,
+    SegmenterDep,
+    in_native_names,
+    json_array,
+    json_response,
+)
 from sam2_server.api.pipeline import check_model, request_record, require_ready, run_admitted
 from sam2_server.api.routes import TicketedStream, bearer_scheme
 from sam2_server.codecs.video import frame_answer, frame_line, video_fields
 from sam2_server.config import MIB, Settings
 from sam2_server.domain import FrameMasks, Timings, VideoInfo, VideoPrompt
 from sam2_server.errors import ServiceError, bad_request
-from sam2_server.prompts import PromptLimits, array_from_json, prompt_from_arrays
+from sam2_server.prompts import PromptLimits, prompt_from_arrays
 
 VIDEOS_PATH = "/v1/videos"
 MAX_OBJECT_ID = 2**31 - 1
@@ -40,7 +46,6 @@ _VIDEO_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: NATIVE_RESPONSES[400],
     413: NATIVE_RESPONSES[400],
 }
-_NATIVE_NAMES = (("point_coords", "points"), ("point_labels", "labels"))
 VideoId = Annotated[str, Path(description="The id `POST /v1/videos` answered.", max_length=64)]
 
 
@@ -145,7 +150,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
         info, ticket = await run_admitted(request, admission, cost, timings, work)
         ticket.release()
         record.details.update(width=info.width, height=info.height, frames=info.frames)
-        return _json(video_fields(info, objects=False), status.HTTP_201_CREATED)
+        return json_response(video_fields(info, objects=False), status.HTTP_201_CREATED)
 
     @router.get(
         "/{video_id}",
@@ -155,7 +160,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
         summary="A video session's description and objects",
     )
     async def get_video(segmenter: SegmenterDep, video_id: VideoId) -> Response:
-        return _json(video_fields(segmenter.videos.get(video_id)))
+        return json_response(video_fields(segmenter.videos.get(video_id)))
 
     @router.post(
         "/{video_id}/prompts",
@@ -253,7 +258,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
         object_id: Annotated[int, Path(ge=0, le=MAX_OBJECT_ID)],
     ) -> Response:
         info = await run_in_threadpool(segmenter.videos.remove_object, video_id, object_id)
-        return _json(video_fields(info))
+        return json_response(video_fields(info))
 
     @router.post(
         "/{video_id}/reset",
@@ -264,7 +269,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
     )
     async def reset_video(segmenter: SegmenterDep, video_id: VideoId) -> Response:
         info = await run_in_threadpool(segmenter.videos.reset, video_id)
-        return _json(video_fields(info))
+        return json_response(video_fields(info))
 
     @router.delete(
         "/{video_id}",
@@ -305,8 +310,8 @@ def _next_frame(steps: Iterator[FrameMasks]) -> FrameMasks | None:
 
 def _video_prompt(body: VideoPromptRequest, limits: PromptLimits) -> VideoPrompt:
     """The body through the image routes' checks (one object), messages in native names."""
-    points = _array(body.points, "points")
-    box = _array(body.box, "box")
+    points = json_array(body.points, "points")
+    box = json_array(body.box, "box")
     if points is None and box is None:
         raise bad_request("Give points (with labels) or a box for the object.")
     if points is not None and points.ndim == 3:
@@ -316,7 +321,7 @@ def _video_prompt(body: VideoPromptRequest, limits: PromptLimits) -> VideoPrompt
     try:
         prompt = prompt_from_arrays(
             coords=points,
-            labels=_array(body.labels, "labels"),
+            labels=json_array(body.labels, "labels"),
             boxes=box,
             mask=None,
             multimask_output=False,
@@ -325,10 +330,7 @@ def _video_prompt(body: VideoPromptRequest, limits: PromptLimits) -> VideoPrompt
             limits=limits,
         )
     except ServiceError as exc:
-        message = exc.message
-        for livepeer_name, native_name in _NATIVE_NAMES:
-            message = message.replace(livepeer_name, native_name)
-        raise bad_request(message) from None
+        raise in_native_names(exc) from None
     return VideoPrompt(
         frame_index=body.frame_index,
         object_id=body.object_id,
@@ -338,11 +340,3 @@ def _video_prompt(body: VideoPromptRequest, limits: PromptLimits) -> VideoPrompt
         clear_old_points=body.clear_old_points,
         normalize_coords=body.normalize_coords,
     )
-
-
-def _array(value: list[Any] | None, name: str) -> Any:
-    return array_from_json(value, name) if value else None
-
-
-def _json(content: dict[str, Any], status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
