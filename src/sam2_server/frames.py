@@ -84,11 +84,17 @@ def video_file(file: BinaryIO, *, max_frames: int, max_pixels: int) -> Clip:
     """
     import av  # imported here: only video uploads need FFmpeg loaded
 
+    file.seek(0, 2)
+    if file.tell() == 0:
+        raise bad_request("video: the uploaded file is empty.")
     file.seek(0)
     try:
         container = av.open(file, mode="r")
     except av.FFmpegError as exc:
-        raise bad_request(f"video: the file could not be opened as a video ({exc}).") from None
+        raise bad_request(
+            f"video: the file could not be opened as a video ({_reason(exc)}); "
+            "send a complete video file, or the frames as images."
+        ) from None
     except Exception as exc:  # e.g. an empty file
         raise bad_request(f"video: the file could not be read ({type(exc).__name__}).") from None
     if not container.streams.video:
@@ -122,10 +128,17 @@ def video_file(file: BinaryIO, *, max_frames: int, max_pixels: int) -> Clip:
                     )
                 yield frame.to_image()
         except av.FFmpegError as exc:
-            raise bad_request(f"video: decoding failed at frame {count} ({exc}).") from None
+            raise bad_request(
+                f"video: decoding failed at frame {count} ({_reason(exc)})."
+            ) from None
         finally:
             container.close()
         if count == 0:
             raise bad_request("video: the video stream has no frames.")
 
     return Clip(width, height, fps, decoded())
+
+
+def _reason(exc: Exception) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input"), not its errno."""
+    return str(getattr(exc, "strerror", None) or exc).strip().rstrip(".")

@@ -213,6 +213,9 @@ def test_unknown_sessions_and_bad_uploads(video_client: TestClient) -> None:
         files=[("video", ("a.mp4", b"x", "video/mp4")), *_frames_upload(VIDEO_FRAMES[:1])],
     )
     assert both.status_code == 400
+    empty = video_client.post(VIDEOS, files={"video": ("a.mp4", b"", "video/mp4")})
+    assert empty.status_code == 400
+    assert empty.json()["detail"]["msg"] == "video: the uploaded file is empty."
     garbage = video_client.post(VIDEOS, files={"video": ("a.mp4", b"\0" * 4096, "video/mp4")})
     assert garbage.status_code == 400
     assert "video" in garbage.json()["detail"]["msg"]
