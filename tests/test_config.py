@@ -28,6 +28,29 @@ def test_speed_settings_from_env():
     assert defaults.encode_batch_size is None
 
 
+def test_automatic_and_video_bounds_from_env():
+    settings = Settings.from_env(
+        {
+            "MAX_POINTS_PER_SIDE": "16",
+            "MAX_CROP_LAYERS": "0",
+            "MAX_POINTS_PER_BATCH": "32",
+            "VIDEO_MAX_SESSIONS": "2",
+            "VIDEO_MAX_FRAMES": "300",
+            "VIDEO_MAX_PIXELS": "2073600",
+            "VIDEO_MAX_OBJECTS": "4",
+            "VIDEO_IDLE_TIMEOUT": "90.5",
+            "VIDEO_MEMORY_BYTES": "1073741824",
+        }
+    )
+    assert (settings.max_points_per_side, settings.max_crop_layers) == (16, 0)
+    assert settings.max_points_per_batch == 32
+    assert (settings.video_max_sessions, settings.video_max_frames) == (2, 300)
+    assert (settings.video_max_pixels, settings.video_max_objects) == (2073600, 4)
+    assert settings.video_idle_timeout_s == 90.5
+    assert settings.video_memory_bytes == 2**30
+    assert Settings.from_env({}).video_memory_bytes is None  # a quarter of RAM, at most 8 GiB
+
+
 @pytest.mark.parametrize(
     "env",
     [
@@ -37,6 +60,10 @@ def test_speed_settings_from_env():
         {"ENCODE_BATCH_WAIT_MS": "soon"},
         {"MAX_REQUEST_BYTES": "0"},
         {"CACHE_BYTES": "-1"},
+        {"MAX_POINTS_PER_SIDE": "0"},
+        {"VIDEO_MAX_SESSIONS": "many"},
+        {"VIDEO_IDLE_TIMEOUT": "0"},
+        {"VIDEO_MEMORY_BYTES": "-5"},
     ],
 )
 def test_bad_values_stop_with_the_variable_named(env):
