@@ -22,8 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, field_validator
 
 from sam2_server.api.admission import Admission, Ticket, estimate_work_bytes
-from sam2_server.api.native import _IMAGE_ID as IMAGE_ID_PATTERN
-from sam2_server.api.native import IMAGES_PATH, NATIVE_RESPONSES, SegmenterDep
+from sam2_server.api.native import IMAGE_ID_PATTERN, IMAGES_PATH, NATIVE_RESPONSES, SegmenterDep
 from sam2_server.api.pipeline import check_model, request_record, require_ready, run_admitted
 from sam2_server.api.routes import bearer_scheme, serialise
 from sam2_server.codecs.automatic import automatic_answer, estimate_answer_bytes

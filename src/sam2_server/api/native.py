@@ -41,7 +41,7 @@ from sam2_server.prompts import PromptLimits, array_from_json, check_numbers, pr
 
 IMAGES_PATH = "/v1/images"
 SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
-_IMAGE_ID = re.compile(r"^[0-9a-fA-F]{64}$")
+IMAGE_ID_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
 # The native API's field names, for messages shared with the Livepeer route's parser.
 _NATIVE_NAMES = (("point_coords", "points"), ("point_labels", "labels"))
 
@@ -157,7 +157,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         model_id: Annotated[str, Query(description="Empty: the default model.")] = "",
     ) -> Response:
         model = check_model(segmenter, model_id)
-        info = segmenter.find_image(model, image_id) if _IMAGE_ID.match(image_id) else None
+        info = segmenter.find_image(model, image_id) if IMAGE_ID_PATTERN.match(image_id) else None
         if info is None:
             raise image_not_cached(image_id, model)
         return json_response(_image_fields(info))
@@ -178,7 +178,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         record = request_record(request)
         model = check_model(segmenter, body.model_id)
         record.details["model"] = model
-        if not _IMAGE_ID.match(image_id):
+        if not IMAGE_ID_PATTERN.match(image_id):
             raise image_not_cached(image_id, model)
         prompt = await run_in_threadpool(_prompt, body, limits)
         require_ready(segmenter)
