@@ -472,7 +472,12 @@ class VideoSessions:
         per_output = _output_bytes(state)
         frames = len(session.frames)
         span = frames if max_frames is None else min(frames, max_frames + 1)
-        growth = span * len(state["obj_ids"]) * per_output
+        # Outputs already held (an earlier propagation) are replaced, not added to.
+        held = sum(
+            len(outputs["cond_frame_outputs"]) + len(outputs["non_cond_frame_outputs"])
+            for outputs in state["output_dict_per_obj"].values()
+        )
+        growth = max(0, span * len(state["obj_ids"]) - held) * per_output
         if session.nbytes + growth > self.max_bytes:
             raise ServiceError(
                 413,
