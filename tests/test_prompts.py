@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sam2_server.domain import AutomaticParams
 from sam2_server.errors import ServiceError
-from sam2_server.prompts import build_prompt
+from sam2_server.prompts import AutomaticLimits, automatic_points, build_prompt, check_automatic
 
 FIELDS = ("point_coords", "point_labels", "box", "mask_input")
 
@@ -71,3 +73,30 @@ def test_valid_prompt_keeps_values_and_flags():
         False,
         False,
     )
+
+
+@pytest.mark.parametrize(
+    ("side", "layers", "factor"), [(32, 0, 1), (32, 1, 2), (64, 2, 1), (16, 2, 2), (7, 1, 2)]
+)
+def test_automatic_points_count_the_librarys_grids(side: int, layers: int, factor: int) -> None:
+    from sam2.utils.amg import build_all_layer_point_grids, generate_crop_boxes
+
+    grids = build_all_layer_point_grids(side, layers, factor)
+    _, layer_of_crop = generate_crop_boxes((600, 800), layers, 512 / 1500)
+    params = AutomaticParams(
+        points_per_side=side, crop_n_layers=layers, crop_n_points_downscale_factor=factor
+    )
+    assert automatic_points(params) == sum(len(grids[layer]) for layer in layer_of_crop)
+
+
+def test_automatic_work_is_bounded_over_all_crops() -> None:
+    limits = AutomaticLimits(max_total_points=4096)
+    check_automatic(
+        AutomaticParams(points_per_side=32, crop_n_layers=1, crop_n_points_downscale_factor=2),
+        limits,
+    )
+    with pytest.raises(ServiceError) as refused:
+        check_automatic(AutomaticParams(points_per_side=64, crop_n_layers=2), limits)
+    assert refused.value.status == 400
+    assert "86016 grid points" in refused.value.message
+    assert "MAX_AUTOMATIC_POINTS" in refused.value.message

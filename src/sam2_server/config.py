@@ -92,6 +92,9 @@ class Settings:
     max_points_per_side: int = 64
     max_crop_layers: int = 2
     max_points_per_batch: int = 256
+    # Grid points over the whole image and every crop: what one request costs in decoder
+    # passes (the defaults take 1024; 32 per side with one crop layer halved, 2048).
+    max_automatic_points: int = 4096
 
     # -- video sessions: each holds its frames (3 MiB each at the model's 1024x1024)
     # and SAM2's memory for every object on every frame tracked --
@@ -156,6 +159,7 @@ class Settings:
             max_points_per_side=_int(env, "MAX_POINTS_PER_SIDE", base.max_points_per_side),
             max_crop_layers=_int(env, "MAX_CROP_LAYERS", base.max_crop_layers, allow_zero=True),
             max_points_per_batch=_int(env, "MAX_POINTS_PER_BATCH", base.max_points_per_batch),
+            max_automatic_points=_int(env, "MAX_AUTOMATIC_POINTS", base.max_automatic_points),
             video_max_sessions=_int(env, "VIDEO_MAX_SESSIONS", base.video_max_sessions),
             video_max_frames=_int(env, "VIDEO_MAX_FRAMES", base.video_max_frames),
             video_max_pixels=_int(env, "VIDEO_MAX_PIXELS", base.video_max_pixels),

@@ -277,6 +277,7 @@ class AutomaticLimits:
     max_points_per_side: int | None = None
     max_points_per_batch: int | None = None
     max_crop_layers: int | None = None
+    max_total_points: int | None = None  # grid points over the image and every crop
 
 
 _INT32_MAX = 2**31 - 1
@@ -314,12 +315,28 @@ def check_automatic(
             f"points_per_side / crop_n_points_downscale_factor**crop_n_layers = "
             f"{params.points_per_side} / {factor}**{params.crop_n_layers} must be at least 1."
         )
+    total = automatic_points(params)
+    if limits.max_total_points is not None and total > limits.max_total_points:
+        raise bad_request(
+            f"These parameters prompt {total} grid points over the image and its crops; this "
+            f"server runs at most {limits.max_total_points} per request (MAX_AUTOMATIC_POINTS): "
+            "lower points_per_side or crop_n_layers, or raise crop_n_points_downscale_factor."
+        )
     area = params.min_mask_region_area
     if area < 0:
         raise bad_request(f"min_mask_region_area must be at least 0; got {area}.")
     if area > _INT32_MAX:
         raise bad_request(f"min_mask_region_area must be at most {_INT32_MAX}.")
     return params
+
+
+def automatic_points(params: AutomaticParams) -> int:
+    """Grid points the generator prompts: layer i has 4**i crops of (side // factor**i)**2
+    points each (sam2's `build_all_layer_point_grids` and `generate_crop_boxes`)."""
+    return sum(
+        4**layer * (params.points_per_side // params.crop_n_points_downscale_factor**layer) ** 2
+        for layer in range(params.crop_n_layers + 1)
+    )
 
 
 def _int_within(name: str, value: int, low: int, high: int | None, setting: str) -> None:

@@ -210,6 +210,7 @@ def test_default_parameters_are_the_librarys(client):
             {"points_per_side": 3, "crop_n_layers": 1, "crop_n_points_downscale_factor": 4},
             "without points",
         ),
+        ({"points_per_side": 64, "crop_n_layers": 2}, "MAX_AUTOMATIC_POINTS"),
         ({"min_mask_region_area": -1}, "min_mask_region_area must be at least 0"),
         ({"min_mask_region_area": 2**40}, "min_mask_region_area"),
     ],

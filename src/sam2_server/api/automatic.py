@@ -216,6 +216,7 @@ def automatic_params(body: AutomaticMasksRequest, settings: Settings) -> Automat
     limits = AutomaticLimits(
         max_points_per_side=settings.max_points_per_side,
         max_points_per_batch=settings.max_points_per_batch,
+        max_total_points=settings.max_automatic_points,
         max_crop_layers=settings.max_crop_layers,
     )
     return check_automatic(AutomaticParams(**fields), limits)
