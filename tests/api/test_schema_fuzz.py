@@ -145,6 +145,8 @@ OPERATIONS = [
     ("POST", SEGMENT, 60),
     ("GET", "/health", 10),
     ("GET", "/version", 10),
+    ("GET", "/hardware/info", 10),
+    ("GET", "/hardware/stats", 10),
     ("POST", "/v1/images", 30),
     ("GET", "/v1/images/{image_id}", 20),
     ("POST", "/v1/images/{image_id}/segment", 40),

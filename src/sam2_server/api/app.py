@@ -21,6 +21,7 @@ from sam2_server.api.admission import Admission
 from sam2_server.api.automatic import build_automatic_router
 from sam2_server.api.errors import install_error_handlers
 from sam2_server.api.guard import RequestGuard
+from sam2_server.api.hardware import HARDWARE_PATHS, build_hardware_router
 from sam2_server.api.native import IMAGES_PATH, build_native_router
 from sam2_server.api.observe import Metrics, Observer
 from sam2_server.api.routes import ARRAY_FIELDS, OPS_PATHS, ROUTES, SEGMENT_PATH, build_router
@@ -57,6 +58,7 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
     app.state.admission = admission
     app.state.metrics = metrics
     app.include_router(build_router(settings, admission, metrics))
+    app.include_router(build_hardware_router())
     app.include_router(build_native_router(settings, admission))
     app.include_router(build_automatic_router(settings, admission))
     app.include_router(build_video_router(settings, admission))
@@ -74,7 +76,10 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
         total_timeout_s=settings.body_total_timeout_s,
     )
     app.add_middleware(
-        Observer, metrics=metrics, routes=ROUTES, prefixes=(IMAGES_PATH, VIDEOS_PATH)
+        Observer,
+        metrics=metrics,
+        routes=(*ROUTES, *HARDWARE_PATHS),
+        prefixes=(IMAGES_PATH, VIDEOS_PATH),
     )
     return app
 

@@ -157,3 +157,11 @@ class Segmenter(Protocol):
     def stats(self) -> dict[str, Any]:
         """JSON-ready counters (cache hits and misses, images encoded) for GET /stats."""
         ...
+
+    def hardware(self) -> dict[int, dict[str, Any]]:
+        """The GPU(s) computing, by CUDA index, for GET /hardware/info and /hardware/stats.
+
+        Each entry: id, name, memory_total, memory_free (bytes), major, minor,
+        utilization_compute, utilization_memory (percent). Empty without a GPU.
+        """
+        ...

@@ -652,6 +652,45 @@ class Engine:
             },
         }
 
+    def hardware(self) -> dict[int, dict[str, Any]]:
+        """The GPU this engine computes on, keyed by CUDA index, for /hardware/*.
+
+        One entry holds every field of Livepeer's `GPUComputeInfo` and
+        `GPUUtilizationInfo` (the HTTP layer picks each shape's fields), as
+        plain values so that api/ never touches torch. Only the engine's own
+        device is listed: querying other GPUs would create a CUDA context (and
+        spend memory) on each. Empty on CPU or MPS, as Livepeer's runner is
+        without NVIDIA GPUs. Utilisation needs NVML (`pynvml`); without it
+        torch cannot read it and the percentages are 0.
+        """
+        if self.device.type != "cuda":
+            return {}
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        free, total = torch.cuda.mem_get_info(index)
+        uuid = getattr(props, "uuid", None)
+        return {
+            index: {
+                # NVML's form, which Livepeer's runner reports: "GPU-<uuid>".
+                "id": f"GPU-{uuid}" if uuid is not None else f"cuda:{index}",
+                "name": props.name,
+                "memory_total": int(total),
+                "memory_free": int(free),
+                "major": props.major,
+                "minor": props.minor,
+                "utilization_compute": _nvml_percent(torch.cuda.utilization, index),
+                "utilization_memory": _nvml_percent(torch.cuda.memory_usage, index),
+            }
+        }
+
+
+def _nvml_percent(read: Callable[[int], int], index: int) -> int:
+    """A percentage torch reads through NVML; 0 when NVML is not installed or fails."""
+    try:
+        return int(read(index))
+    except Exception:  # ModuleNotFoundError (no pynvml), NVML errors: not worth a 500
+        return 0
+
 
 def image_id_of(image_bytes: bytes) -> str:
     """The native API's image id: the SHA-256 of the uploaded bytes (also the cache key)."""
