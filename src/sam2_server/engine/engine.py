@@ -527,6 +527,19 @@ class Engine:
         embedding = self.cache.peek((model_id, image_id.lower()))
         return None if embedding is None else _info(image_id.lower(), embedding, cached=True)
 
+    def _by_id(
+        self, model_id: str, image_id: str, cancelled: Callable[[], bool] | None
+    ) -> tuple[LoadedModel, Embedding]:
+        """The model and the cached embedding a native request names; 404 once it is gone."""
+        loaded = self._model(model_id, cancelled)
+        embedding = self.cache.peek((model_id, image_id.lower()))
+        if embedding is None:
+            raise image_not_cached(image_id, model_id)
+        with self._counter_lock:
+            self._hits_by_id += 1
+        _check(cancelled)
+        return loaded, embedding
+
     def segment_cached(
         self,
         model_id: str,
@@ -537,13 +550,7 @@ class Engine:
     ) -> tuple[ImageInfo, Prediction]:
         """Decode a prompt on an image uploaded before; 404 once its embedding is gone."""
         timings = timings if timings is not None else Timings()
-        loaded = self._model(model_id, cancelled)
-        embedding = self.cache.peek((model_id, image_id.lower()))
-        if embedding is None:
-            raise image_not_cached(image_id, model_id)
-        with self._counter_lock:
-            self._hits_by_id += 1
-        _check(cancelled)
+        loaded, embedding = self._by_id(model_id, image_id, cancelled)
         prediction = self._decode(loaded, embedding, prompt, timings)
         return _info(image_id.lower(), embedding, cached=True), prediction
 
@@ -567,13 +574,7 @@ class Engine:
         and each crop encode (see engine/automatic.py).
         """
         timings = timings if timings is not None else Timings()
-        loaded = self._model(model_id, cancelled)
-        embedding = self.cache.peek((model_id, image_id.lower()))
-        if embedding is None:
-            raise image_not_cached(image_id, model_id)
-        with self._counter_lock:
-            self._hits_by_id += 1
-        _check(cancelled)
+        loaded, embedding = self._by_id(model_id, image_id, cancelled)
         pixels = None
         if params.crop_n_layers > 0:
             if not embedding.image_bytes:  # not built by _embed: nothing to crop
