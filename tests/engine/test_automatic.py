@@ -88,3 +88,26 @@ def test_concurrent_generations_and_clicks_share_no_state(engine):
         np.testing.assert_array_equal(
             getattr(together["click"], name), getattr(alone["click"], name)
         )
+
+
+def test_every_predictor_is_scripted_under_the_lock(engine, monkeypatch):
+    """`torch.jit.script` (via `ast.parse`) is not thread-safe on CPython 3.11.
+
+    Two generations started together once failed in CI with "AST constructor
+    recursion depth mismatch"; the race is too rare to provoke, so this checks
+    the guard: every transforms scripting, the generator's included, holds the lock.
+    """
+    from sam2.utils import transforms
+
+    from sam2_server.engine.models import SCRIPTING_LOCK
+
+    held: list[bool] = []
+    original = transforms.SAM2Transforms.__init__
+
+    def spy(self, *args, **kwargs) -> None:
+        held.append(SCRIPTING_LOCK.locked())
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transforms.SAM2Transforms, "__init__", spy)
+    engine.automatic_masks(engine.default_model_id, IMAGE_ID, PARAMS)
+    assert held == [True]

@@ -36,6 +36,7 @@ from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam2_server.domain import AutomaticParams, MaskRecord
+from sam2_server.engine.models import SCRIPTING_LOCK
 from sam2_server.errors import Cancelled
 
 if TYPE_CHECKING:
@@ -195,7 +196,9 @@ class _Generator(SAM2AutomaticMaskGenerator):
     ) -> None:
         # Uncompressed RLE: the library's own intermediate form, small, and
         # what the codec needs for both COCO RLE and PNG.
-        super().__init__(model, output_mode="uncompressed_rle", **asdict(params))
+        # The library builds its predictor here (a `torch.jit.script`): see SCRIPTING_LOCK.
+        with SCRIPTING_LOCK:
+            super().__init__(model, output_mode="uncompressed_rle", **asdict(params))
         self.predictor = _CropPredictor.adopt(self.predictor, embedding, hooks)
         self._hooks = hooks
 

@@ -57,6 +57,7 @@ from sam2_server.engine.models import (
     ModelSpec,
     build_model,
     fetch_checkpoint,
+    image_predictor,
     resolve_spec,
     select_device,
 )
@@ -247,7 +248,7 @@ class Engine:
             model.image_encoder.forward = torch.compile(
                 model.image_encoder.forward, mode="max-autotune", fullgraph=True, dynamic=False
             )
-        loaded = LoadedModel(spec, SAM2ImagePredictor(model), _weight_bytes(model))
+        loaded = LoadedModel(spec, image_predictor(model), _weight_bytes(model))
         if self.settings.compile_encoder:
             self._warm_up(loaded, model_id)
         logger.info(

@@ -19,16 +19,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sam2_server.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,23 @@ _SHA256_NAME = re.compile(r"[0-9a-f]{64}")  # LFS blobs; small git files are nam
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6; older files are a bare pickle
 _DEVICES = "cpu, cuda, cuda:N, mps"
 _verified: set[tuple[str, int, int]] = set()  # (file, size, mtime) that passed verify_checkpoint
+
+
+# `SAM2ImagePredictor()` runs `torch.jit.script` on its transforms, which calls
+# `ast.parse`; CPython 3.11 keeps the AST converter's recursion depth in
+# per-interpreter state, so two threads parsing at once can fail with
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905,
+# seen here when two automatic-mask requests started together). Every
+# construction of a predictor in the server takes this lock.
+SCRIPTING_LOCK = threading.Lock()
+
+
+def image_predictor(model: torch.nn.Module, **kwargs: Any) -> SAM2ImagePredictor:
+    """`SAM2ImagePredictor(model, **kwargs)`, built under `SCRIPTING_LOCK`."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    with SCRIPTING_LOCK:
+        return SAM2ImagePredictor(model, **kwargs)
 
 
 class ModelLoadError(Exception):
