@@ -49,6 +49,30 @@ def _parser() -> argparse.ArgumentParser:
         "(env EXIT_ON_LOAD_ERROR)",
     )
 
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        help="serve from N engine replicas on Ray Serve, routing each image to the replica "
+        "that holds its embedding (needs Ray; see the README)",
+    )
+    serve.add_argument(
+        "--ray-address",
+        help="with --replicas: join this Ray cluster (e.g. ray://head:10001 or auto) "
+        "instead of starting a local one",
+    )
+    serve.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=1.0,
+        help="with --replicas: Ray CPUs reserved per engine replica (default 1)",
+    )
+    serve.add_argument(
+        "--replica-gpus",
+        type=float,
+        default=0.0,
+        help="with --replicas: GPUs per engine replica (default 0; 1 on a GPU cluster)",
+    )
+
     download = commands.add_parser(
         "download", help="fetch a model's weights into the Hugging Face cache"
     )
@@ -88,7 +112,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sam2-server: {exc.code}", file=sys.stderr)
             return 2
         raise
+    if args.replicas is not None or args.ray_address is not None:
+        return _serve_cluster(settings, args)
     return serve(settings)
+
+
+def _serve_cluster(settings: Settings, args: argparse.Namespace) -> int:
+    if args.replicas is None or args.replicas < 1:
+        print("sam2-server: --replicas must be 1 or more (with --ray-address too)", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        from sam2_server.cluster.launch import ClusterOptions, serve_cluster
+    except ImportError as exc:
+        print(f"sam2-server: --replicas needs Ray Serve ({exc}); see the README", file=sys.stderr)
+        return 2
+    options = ClusterOptions(
+        replicas=args.replicas,
+        ray_address=args.ray_address,
+        replica_cpus=args.replica_cpus,
+        replica_gpus=args.replica_gpus,
+    )
+    return serve_cluster(settings, options)
 
 
 def serve(settings: Settings) -> int:

@@ -106,6 +106,13 @@ class Settings:
     # All sessions' frames and state; None: a quarter of the machine's memory, at most 8 GiB.
     video_memory_bytes: int | None = None
 
+    # -- a cluster (`serve --replicas N`), ignored otherwise --
+    # Uploads the ingress keeps so any replica can encode a native image_id again.
+    cluster_upload_bytes: int = 1 * GIB
+    # Requests one engine replica takes at once (Ray Serve's max_ongoing_requests);
+    # past it Ray routes elsewhere, even away from the replica holding the image.
+    cluster_max_ongoing_requests: int = 8
+
     @property
     def default_model_id(self) -> str:
         return self.model_ids[0]
@@ -168,6 +175,12 @@ class Settings:
                 env, "VIDEO_IDLE_TIMEOUT", base.video_idle_timeout_s, positive=True
             ),
             video_memory_bytes=_int(env, "VIDEO_MEMORY_BYTES", None),
+            cluster_upload_bytes=_int(
+                env, "CLUSTER_UPLOAD_BYTES", base.cluster_upload_bytes, allow_zero=True
+            ),
+            cluster_max_ongoing_requests=_int(
+                env, "CLUSTER_MAX_ONGOING_REQUESTS", base.cluster_max_ongoing_requests
+            ),
         )
 
     def validate(self) -> Settings:

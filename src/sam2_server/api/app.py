@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from sam2_server import __version__
 from sam2_server.api.admission import Admission
@@ -66,6 +67,22 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
     install_error_handlers(app)
     _describe_uploads_as_binary(app)
     # Added last = outermost: the observer sees the guard's answers too.
+    add_request_guard(app, settings)
+    app.add_middleware(
+        Observer,
+        metrics=metrics,
+        routes=(*ROUTES, *HARDWARE_PATHS),
+        prefixes=(IMAGES_PATH, VIDEOS_PATH),
+    )
+    return app
+
+
+def add_request_guard(app: Starlette, settings: Settings) -> None:
+    """Auth, size and time limits before a byte of the body is read (api/guard.py).
+
+    The cluster's ingress (cluster/ingress.py) puts the same guard in front,
+    so a refused request never reaches a replica.
+    """
     app.add_middleware(
         RequestGuard,
         auth_token=settings.auth_token,
@@ -75,13 +92,6 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
         read_timeout_s=settings.body_read_timeout_s,
         total_timeout_s=settings.body_total_timeout_s,
     )
-    app.add_middleware(
-        Observer,
-        metrics=metrics,
-        routes=(*ROUTES, *HARDWARE_PATHS),
-        prefixes=(IMAGES_PATH, VIDEOS_PATH),
-    )
-    return app
 
 
 def work_budget(settings: Settings) -> int:

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, field_validator
 
@@ -171,7 +172,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
             raise image_not_cached(image_id, model)
         params = automatic_params(body, settings)
         require_ready(segmenter)
-        info = segmenter.find_image(model, image_id)
+        info = await run_in_threadpool(segmenter.find_image, model, image_id)
         if info is None:
             raise image_not_cached(image_id, model)
         record.details.update(

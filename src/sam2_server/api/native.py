@@ -157,7 +157,11 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         model_id: Annotated[str, Query(description="Empty: the default model.")] = "",
     ) -> Response:
         model = check_model(segmenter, model_id)
-        info = segmenter.find_image(model, image_id) if IMAGE_ID_PATTERN.match(image_id) else None
+        info = (
+            await run_in_threadpool(segmenter.find_image, model, image_id)
+            if IMAGE_ID_PATTERN.match(image_id)
+            else None
+        )
         if info is None:
             raise image_not_cached(image_id, model)
         return json_response(_image_fields(info))
@@ -182,7 +186,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
             raise image_not_cached(image_id, model)
         prompt = await run_in_threadpool(_prompt, body, limits)
         require_ready(segmenter)
-        info = segmenter.find_image(model, image_id)
+        info = await run_in_threadpool(segmenter.find_image, model, image_id)
         if info is None:
             raise image_not_cached(image_id, model)
         candidates = 3 if prompt.multimask_output else 1

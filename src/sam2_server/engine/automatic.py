@@ -36,7 +36,7 @@ from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam2_server.domain import AutomaticParams, MaskRecord
-from sam2_server.engine.models import SCRIPTING_LOCK
+from sam2_server.engine.models import SCRIPTING_LOCK, fit_feature_sizes
 from sam2_server.errors import Cancelled
 
 if TYPE_CHECKING:
@@ -200,6 +200,7 @@ class _Generator(SAM2AutomaticMaskGenerator):
         with SCRIPTING_LOCK:
             super().__init__(model, output_mode="uncompressed_rle", **asdict(params))
         self.predictor = _CropPredictor.adopt(self.predictor, embedding, hooks)
+        fit_feature_sizes(self.predictor)
         self._hooks = hooks
 
     def _process_batch(self, *args: Any, **kwargs: Any) -> Any:

@@ -172,6 +172,10 @@ class Engine:
         self._counter_lock = threading.Lock()
         self.encoded_images = 0
         self._hits_by_id = 0  # native prompts on an image named by id
+        # Where an upload named by id can be had again when its embedding is not
+        # here: the cluster's upload store (cluster/), since a replica may be asked
+        # about an image another replica encoded. None: a 404 once it is gone.
+        self.fetch_upload: Callable[[str], bytes | None] | None = None
         # Video predictors: the same config and weights built as SAM2VideoPredictor,
         # loaded on a model's first video session, under the same memory budget.
         self._video_registry: ModelRegistry[FixedVideoPredictor] = ModelRegistry(
@@ -525,15 +529,45 @@ class Engine:
 
     def find_image(self, model_id: str, image_id: str) -> ImageInfo | None:
         """The image's description when its embedding is cached for `model_id`, else None."""
-        embedding = self.cache.peek((model_id, image_id.lower()))
-        return None if embedding is None else _info(image_id.lower(), embedding, cached=True)
+        image_id = image_id.lower()
+        embedding = self.cache.peek((model_id, image_id))
+        if embedding is not None:
+            return _info(image_id, embedding, cached=True)
+        data = self._refetch(image_id)
+        if data is None:
+            return None
+        # Described from the upload's header; the prompt's work encodes it again.
+        width, height = probe_image(data, max_pixels=self.settings.max_image_pixels)
+        return ImageInfo(image_id, model_id, width, height, cached=False)
+
+    def _refetch(self, image_id: str) -> bytes | None:
+        """The upload of `image_id` from `fetch_upload`, if there is one and it is intact."""
+        if self.fetch_upload is None:
+            return None
+        data = self.fetch_upload(image_id)
+        return data if data is not None and image_id_of(data) == image_id else None
+
+    def _cached(
+        self,
+        loaded: LoadedModel,
+        model_id: str,
+        image_id: str,
+        cancelled: Callable[[], bool] | None,
+    ) -> Embedding | None:
+        """The cached embedding of `image_id`, or one encoded again from `fetch_upload`."""
+        image_id = image_id.lower()
+        embedding = self.cache.peek((model_id, image_id))
+        if embedding is not None:
+            return embedding
+        data = self._refetch(image_id)
+        return None if data is None else self._embed(loaded, model_id, data, None, cancelled)
 
     def _by_id(
         self, model_id: str, image_id: str, cancelled: Callable[[], bool] | None
     ) -> tuple[LoadedModel, Embedding]:
         """The model and the cached embedding a native request names; 404 once it is gone."""
         loaded = self._model(model_id, cancelled)
-        embedding = self.cache.peek((model_id, image_id.lower()))
+        embedding = self._cached(loaded, model_id, image_id, cancelled)
         if embedding is None:
             raise image_not_cached(image_id, model_id)
         with self._counter_lock:

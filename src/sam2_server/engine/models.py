@@ -66,7 +66,21 @@ def image_predictor(model: torch.nn.Module, **kwargs: Any) -> SAM2ImagePredictor
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     with SCRIPTING_LOCK:
-        return SAM2ImagePredictor(model, **kwargs)
+        predictor = SAM2ImagePredictor(model, **kwargs)
+    fit_feature_sizes(predictor)
+    return predictor
+
+
+def fit_feature_sizes(predictor: SAM2ImagePredictor) -> None:
+    """The backbone's feature map sizes for the model's input size, not always 1024's.
+
+    `SAM2ImagePredictor` hard-codes them for a 1024x1024 input (256, 128 and 64
+    per side), so a model configured with another `image_size` (which SAM2's
+    modules and its video predictor support) fails in `set_image`. They are
+    the input size over 4, 8 and 16; for 1024 this changes nothing.
+    """
+    size = predictor.model.image_size
+    predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16,) * 2]
 
 
 class ModelLoadError(Exception):

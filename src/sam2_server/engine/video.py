@@ -395,6 +395,11 @@ class VideoSessions:
 
     # -- ownership ---------------------------------------------------------------------------
 
+    def holds(self, video_id: str) -> bool:
+        """Whether this process has the session: a cluster replica routes by it."""
+        with self._lock:
+            return video_id in self._sessions
+
     def _find(self, video_id: str) -> _Session:
         with self._lock:
             session = self._sessions.get(video_id)

@@ -1,0 +1,114 @@
+"""`sam2-server serve --replicas N`: the same API from N engine replicas on Ray Serve.
+
+The application is three deployments:
+
+- `Ingress` (one, no CPU reserved): the front door, cluster/ingress.py;
+- `Engine` (N): the server's app around its own Engine, cluster/replica.py;
+- `Directory` (one, no CPU reserved): uploads and replica reports,
+  cluster/directory.py.
+
+Ray Serve's HTTP proxy listens on HOST:PORT and hands every request to the
+ingress. Ray restarts a replica that dies; the others keep answering.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+from sam2_server.config import Settings
+
+logger = logging.getLogger("sam2_server")
+
+APP_NAME = "sam2-server"
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    replicas: int
+    ray_address: str | None = None  # None: start a local Ray cluster
+    replica_cpus: float = 1.0  # Ray CPUs reserved per engine replica
+    replica_gpus: float = 0.0  # GPUs per engine replica (1 on a GPU cluster)
+    dashboard: bool = False  # Ray's dashboard, when this process starts Ray
+
+
+def build_application(settings: Settings, options: ClusterOptions):  # noqa: ANN201 (Ray's type)
+    """The bound Serve application; importing it needs Ray, as `--replicas` does."""
+    from ray import serve
+
+    from sam2_server.cluster.directory import Directory
+    from sam2_server.cluster.ingress import Ingress
+    from sam2_server.cluster.replica import EngineReplica
+
+    directory = serve.deployment(
+        Directory, name="Directory", num_replicas=1, ray_actor_options={"num_cpus": 0}
+    ).bind(settings.cluster_upload_bytes)
+    engine = serve.deployment(
+        EngineReplica,
+        name="Engine",
+        num_replicas=options.replicas,
+        max_ongoing_requests=settings.cluster_max_ongoing_requests,
+        ray_actor_options={"num_cpus": options.replica_cpus, "num_gpus": options.replica_gpus},
+        # Loading a model and warming up can take a while on a CPU.
+        health_check_timeout_s=60,
+    ).bind(settings, directory)
+    ingress = serve.deployment(
+        serve.ingress()(Ingress),
+        name="Ingress",
+        num_replicas=1,
+        # Streams (a propagation, a large answer) go through it: not Serve's 5.
+        max_ongoing_requests=1000,
+        ray_actor_options={"num_cpus": 0},
+    ).bind(settings, engine, directory)
+    return ingress
+
+
+def start(settings: Settings, options: ClusterOptions) -> None:
+    """Join or start Ray, start Serve's proxy on HOST:PORT and deploy; returns once running."""
+    import ray
+    from ray import serve
+
+    if options.ray_address:
+        ray.init(address=options.ray_address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=options.dashboard, log_to_driver=False)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(build_application(settings, options), name=APP_NAME, route_prefix="/")
+
+
+def stop(options: ClusterOptions) -> None:
+    """Take the application down; a Ray cluster this process started goes with it."""
+    import ray
+    from ray import serve
+
+    if options.ray_address:
+        serve.delete(APP_NAME)
+    else:
+        serve.shutdown()
+    ray.shutdown()
+
+
+def serve_cluster(settings: Settings, options: ClusterOptions) -> int:
+    """Run until SIGTERM/SIGINT (`sam2-server serve --replicas N`)."""
+    stopping = threading.Event()
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping the cluster application", sig)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    start(settings, options)
+    logger.info(
+        "serving on http://%s:%d with %d engine replicas%s",
+        settings.host,
+        settings.port,
+        options.replicas,
+        f" on the Ray cluster at {options.ray_address}" if options.ray_address else "",
+    )
+    stopping.wait()
+    stop(options)
+    return 0

@@ -1,0 +1,234 @@
+"""The cluster on a real local Ray: 2 engine replicas of the small video-test model.
+
+One Ray start for the module (about 15 s on two cores); the replicas reserve
+one CPU each, so each computes on one thread, and the single-process answers
+they are compared with are computed on one thread too (PyTorch's sums are
+not bit-identical across thread counts).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import torch
+from PIL import Image
+
+from sam2_server.client import image_id_of
+from sam2_server.domain import FrameMasks
+from tests.api.test_videos import _equal, _frame, _frames_upload
+from tests.conftest import DATA
+from tests.video_reference import BOX, POINTS
+
+pytestmark = pytest.mark.cluster
+
+ray = pytest.importorskip("ray")
+
+VIDEOS = "/v1/videos"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(video_settings) -> Iterator[httpx.Client]:
+    from sam2_server.cluster.launch import ClusterOptions, start, stop
+
+    settings = video_settings.with_(host="127.0.0.1", port=_free_port())
+    options = ClusterOptions(replicas=2)
+    try:
+        start(settings, options)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{settings.port}", timeout=120)
+        _wait(lambda: client.get("/health").json()["status"] == "OK", 120, "health OK")
+        _wait(lambda: len(client.get("/stats").json()["replicas"]) == 2, 60, "two replicas")
+        yield client
+        client.close()
+    finally:
+        stop(options)
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _png(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A distinct small photo: a crop of a test photo at a seeded offset."""
+    photo = Image.open(DATA / "cars.jpg").convert("RGB")
+    rng = np.random.default_rng(seed)
+    left = int(rng.integers(0, photo.width - size[0]))
+    top = int(rng.integers(0, photo.height - size[1]))
+    buffer = io.BytesIO()
+    photo.crop((left, top, left + size[0], top + size[1])).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _click(client: Any, image: bytes, x: int = 100, y: int = 80) -> Any:
+    return client.post(
+        "/segment-anything-2",
+        files={"image": ("photo.png", image, "image/png")},
+        data={"point_coords": f"[[{x},{y}]]", "point_labels": "[1]"},
+    )
+
+
+def _stats(cluster: httpx.Client) -> dict[str, Any]:
+    time.sleep(1.5)  # the replicas report twice a second
+    return cluster.get("/stats").json()
+
+
+def test_answers_equal_one_server(cluster: httpx.Client, video_client) -> None:
+    image = _png(100)
+    with _one_thread():
+        expected = _click(video_client, image)
+        native_expected = video_client.post(
+            f"/v1/images/{image_id_of(image)}/segment", json={"points": [[60, 50]], "labels": [1]}
+        )
+    assert expected.status_code == 200
+    answer = _click(cluster, image)
+    assert answer.status_code == 200, answer.text
+    assert answer.content == expected.content
+
+    upload = cluster.post("/v1/images", files={"image": ("photo.png", image, "image/png")})
+    assert upload.status_code == 200, upload.text
+    assert upload.json()["image_id"] == image_id_of(image)
+    assert upload.json()["cached"] is True  # routed to the replica that just encoded it
+    native = cluster.post(
+        f"/v1/images/{image_id_of(image)}/segment", json={"points": [[60, 50]], "labels": [1]}
+    )
+    assert native.status_code == 200, native.text
+    assert native.content == native_expected.content
+
+
+
+def test_six_images_with_more_clicks_are_encoded_six_times(cluster: httpx.Client) -> None:
+    before = _stats(cluster)
+    images = [_png(seed) for seed in range(6)]
+    for image in images:
+        assert _click(cluster, image).status_code == 200
+    for image in images:  # more clicks, on the Livepeer route and by id
+        assert _click(cluster, image, 30, 40).status_code == 200
+        upload = cluster.post("/v1/images", files={"image": ("photo.png", image, "image/png")})
+        assert upload.json()["cached"] is True
+        for x in (10, 50, 90):
+            answer = cluster.post(
+                f"/v1/images/{image_id_of(image)}/segment",
+                json={"points": [[x, 40]], "labels": [1], "return_logits": False},
+            )
+            assert answer.status_code == 200, answer.text
+    after = _stats(cluster)
+    assert after["encoded_images"] - before["encoded_images"] == 6
+    assert after["cache"]["hits"] - before["cache"]["hits"] == 6 * 2  # a click and an upload
+    assert after["prompts_by_image_id"] - before["prompts_by_image_id"] == 6 * 3
+    worked = {
+        r["replica"]: r["encoded_images"]
+        - next(
+            (b["encoded_images"] for b in before["replicas"] if b["replica"] == r["replica"]),
+            0,
+        )
+        for r in after["replicas"]
+    }
+    assert sorted(worked.values()) != [0, 6], worked  # both replicas encoded some
+    assert sum(worked.values()) == 6
+
+
+def test_metrics_are_labelled_by_replica(cluster: httpx.Client) -> None:
+    text = cluster.get("/metrics").text
+    replicas = {r["replica"] for r in cluster.get("/stats").json()["replicas"]}
+    assert "sam2_cluster_replicas 2.0" in text
+    for replica in replicas:
+        assert f'replica="{replica}"' in text
+    requests = [line for line in text.splitlines() if line.startswith("sam2_requests_total{")]
+    assert requests
+    assert all('replica="' in line for line in requests)
+
+
+def _session(client: Any) -> tuple[str, list[FrameMasks]]:
+    """Open the bedroom clip, prompt two objects at once, propagate: every answer."""
+    opened = client.post(VIDEOS, files=_frames_upload())
+    assert opened.status_code == 201, opened.text
+    video = opened.json()["video_id"]
+    first = client.post(  # at once: the router may not have heard of the session yet
+        f"{VIDEOS}/{video}/prompts",
+        json={"frame_index": 0, "object_id": 1, "points": POINTS.tolist(), "labels": [1, 0]},
+    )
+    assert first.status_code == 200, first.text
+    second = client.post(
+        f"{VIDEOS}/{video}/prompts",
+        json={"frame_index": 3, "object_id": 2, "box": BOX.tolist(), "mask_format": "png"},
+    )
+    assert second.status_code == 200, second.text
+    with client.stream("POST", f"{VIDEOS}/{video}/propagate", json={}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        lines = [orjson.loads(line) for line in response.iter_lines() if line]
+    return video, [_frame(answer) for answer in (first.json(), second.json(), *lines)]
+
+
+def test_a_video_session_follows_its_replica(cluster: httpx.Client, video_client) -> None:
+    with _one_thread():
+        video, expected = _session(video_client)
+    video_client.delete(f"{VIDEOS}/{video}")
+    video, answers = _session(cluster)
+    assert cluster.delete(f"{VIDEOS}/{video}").status_code == 204
+    assert cluster.get(f"{VIDEOS}/{video}").status_code == 404
+    _equal(answers, expected)
+    assert len(answers) == 2 + 8
+    assert all(frame.masks.reshape(2, -1).any(axis=1).all() for frame in answers[2:])
+
+
+def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(cluster: httpx.Client) -> None:
+    images = [_png(seed) for seed in (200, 201)]
+    for image in images:  # one on each replica: Ray sends a new id to the one with fewer
+        upload = cluster.post("/v1/images", files={"image": ("photo.png", image, "image/png")})
+        assert upload.status_code == 200, upload.text
+    replicas = _stats(cluster)["replicas"]
+    victim = replicas[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    # At once, while Ray's router may still pick the dead replica: every image still
+    # answers by id (the survivor encodes the victim's from the kept upload).
+    for image in images:
+        answer = cluster.post(
+            f"/v1/images/{image_id_of(image)}/segment", json={"points": [[50, 50]], "labels": [1]}
+        )
+        assert answer.status_code == 200, answer.text
+    assert _click(cluster, _png(202)).status_code == 200
+
+    def replaced() -> bool:
+        ids = {r["replica"] for r in cluster.get("/stats").json()["replicas"]}
+        return len(ids) == 2 and victim["replica"] not in ids
+
+    _wait(replaced, 120, "Ray to replace the killed replica")
+    assert cluster.get("/health").json() == {"status": "OK"}
+    for seed in (203, 204, 205):
+        assert _click(cluster, _png(seed)).status_code == 200
