@@ -1,4 +1,4 @@
-.PHONY: install test lint serve bench
+.PHONY: install test test-cluster lint serve bench
 
 install:
 	./scripts/install
@@ -7,6 +7,10 @@ install:
 test:
 	.venv/bin/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
+
+# Only the cluster tests (a local Ray with 2 replicas, about a minute); `test` runs them too.
+test-cluster:
+	.venv/bin/python -m pytest -q -m cluster
 
 lint:
 	.venv/bin/ruff check

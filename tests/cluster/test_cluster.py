@@ -1,6 +1,7 @@
 """The cluster on a real local Ray: 2 engine replicas of the small video-test model.
 
-One Ray start for the module (about 15 s on two cores); the replicas reserve
+One `sam2-server serve --replicas 2` for the module (about 15 s to start on
+two cores), as a user runs it; the replicas reserve
 one CPU each, so each computes on one thread, and the single-process answers
 they are compared with are computed on one thread too (PyTorch's sums are
 not bit-identical across thread counts).
@@ -11,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +28,7 @@ from sam2_server.client import image_id_of
 from sam2_server.domain import FrameMasks
 from tests.api.test_videos import _equal, _frame, _frames_upload
 from tests.conftest import DATA
+from tests.e2e.process import start_server
 from tests.video_reference import BOX, POINTS
 
 pytestmark = pytest.mark.cluster
@@ -37,27 +38,27 @@ ray = pytest.importorskip("ray")
 VIDEOS = "/v1/videos"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def cluster(video_settings) -> Iterator[httpx.Client]:
-    from sam2_server.cluster.launch import ClusterOptions, start, stop
-
-    settings = video_settings.with_(host="127.0.0.1", port=_free_port())
-    options = ClusterOptions(replicas=2)
+def cluster(video_model) -> Iterator[httpx.Client]:
+    """`sam2-server serve --replicas 2` as a user starts it, with the video tests' limits."""
+    server = start_server(
+        {"VIDEO_MAX_SESSIONS": "3", "VIDEO_MAX_FRAMES": "8"},
+        *("--model-id", str(video_model.checkpoint), "--model-config", str(video_model.config)),
+        *("--replicas", "2"),
+        wait_for=None,  # Serve's proxy answers 404 in plain text until the app is deployed
+    )
     try:
-        start(settings, options)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{settings.port}", timeout=120)
-        _wait(lambda: client.get("/health").json()["status"] == "OK", 120, "health OK")
-        _wait(lambda: len(client.get("/stats").json()["replicas"]) == 2, 60, "two replicas")
+        client = httpx.Client(base_url=server.url, timeout=120)
+        _wait(lambda: client.get("/health").json()["status"] == "OK", 180, "health OK")
+        _wait(lambda: len(client.get("/stats").json()["replicas"]) == 2, 120, "two replicas")
         yield client
         client.close()
     finally:
-        stop(options)
+        server.process.send_signal(signal.SIGTERM)  # the CLI takes the Ray cluster down
+        try:
+            assert server.process.wait(timeout=90) == 0
+        finally:
+            server.stop()
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -127,7 +128,6 @@ def test_answers_equal_one_server(cluster: httpx.Client, video_client) -> None:
     )
     assert native.status_code == 200, native.text
     assert native.content == native_expected.content
-
 
 
 def test_six_images_with_more_clicks_are_encoded_six_times(cluster: httpx.Client) -> None:
@@ -231,4 +231,5 @@ def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(cluster: http
     _wait(replaced, 120, "Ray to replace the killed replica")
     assert cluster.get("/health").json() == {"status": "OK"}
     for seed in (203, 204, 205):
-        assert _click(cluster, _png(seed)).status_code == 200
+        answer = _click(cluster, _png(seed))
+        assert answer.status_code == 200, answer.text

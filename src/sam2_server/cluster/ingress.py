@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from sam2_server.api.app import add_request_guard
+from sam2_server.api.app import add_request_guard, work_budget
 from sam2_server.api.errors import json_error
 from sam2_server.api.native import IMAGES_PATH
 from sam2_server.client import image_id_of
@@ -53,7 +53,8 @@ RETRY_DELAYS_S = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6)
 # A replica silent this long is counted out of /health, /stats and /metrics
 # (reports come every 0.5 s; an encode holds the GIL only in short stretches).
 REPORT_MAX_AGE_S = 5.0
-_STARTUP_GRACE_S = 300.0  # no replica has reported yet: LOADING, not ERROR
+_STARTUP_GRACE_S = 300.0
+RETRY_AFTER_S = 1  # no replica has reported yet: LOADING, not ERROR
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -105,7 +106,26 @@ def build_ingress_app(
         registry.register(_Merged(await reports()))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    budget = work_budget(settings)
+    held = 0  # request bodies in this process (one event loop: no lock)
+
     async def forward(request: Request) -> Response:
+        # Bodies wait here in memory until a replica takes them: bounded like one
+        # server's work, by the declared length (or the largest allowed) up front.
+        nonlocal held
+        declared = request.headers.get("content-length", "")
+        size = int(declared) if declared.isdigit() else settings.max_request_bytes
+        if held + size > budget and held > 0:
+            return json_error(
+                503, "The server is busy; retry shortly.", {"Retry-After": str(RETRY_AFTER_S)}
+            )
+        held += size
+        try:
+            return await _forward(request)
+        finally:
+            held -= size
+
+    async def _forward(request: Request) -> Response:
         body = await request.body()  # bounded in size and time by the guard
         path = request.url.path
         route = route_of(request.method, path)
@@ -144,7 +164,9 @@ def build_ingress_app(
             response = StreamingResponse(_rest(stream), status_code=head.status)
             response.raw_headers = list(head.headers)
             return response
-        return json_error(503, "No replica could answer; try again.", {"Retry-After": "1"})
+        return json_error(
+            503, "No replica could answer; try again.", {"Retry-After": str(RETRY_AFTER_S)}
+        )
 
     app = Starlette(
         routes=[
@@ -199,6 +221,7 @@ def cluster_stats(replicas: list[dict[str, Any]], uploads: dict[str, int]) -> di
                 "pid": r["pid"],
                 "node": r["node"],
                 "status": r["status"],
+                "threads": r["threads"],
                 "report_age_s": round(time.time() - r["received"], 3),
                 **r["stats"],
             }

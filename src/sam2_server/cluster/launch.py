@@ -38,13 +38,21 @@ class ClusterOptions:
 def build_application(settings: Settings, options: ClusterOptions):  # noqa: ANN201 (Ray's type)
     """The bound Serve application; importing it needs Ray, as `--replicas` does."""
     from ray import serve
+    from ray.serve.schema import LoggingConfig
 
     from sam2_server.cluster.directory import Directory
     from sam2_server.cluster.ingress import Ingress
     from sam2_server.cluster.replica import EngineReplica
 
+    # Serve logs every call; the ingress's lines are the access log, the rest is noise
+    # (the replicas report twice a second).
+    quiet = LoggingConfig(log_level=settings.log_level.upper(), enable_access_log=False)
     directory = serve.deployment(
-        Directory, name="Directory", num_replicas=1, ray_actor_options={"num_cpus": 0}
+        Directory,
+        name="Directory",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        logging_config=quiet,
     ).bind(settings.cluster_upload_bytes)
     engine = serve.deployment(
         EngineReplica,
@@ -54,6 +62,7 @@ def build_application(settings: Settings, options: ClusterOptions):  # noqa: ANN
         ray_actor_options={"num_cpus": options.replica_cpus, "num_gpus": options.replica_gpus},
         # Loading a model and warming up can take a while on a CPU.
         health_check_timeout_s=60,
+        logging_config=quiet,
     ).bind(settings, directory)
     ingress = serve.deployment(
         serve.ingress()(Ingress),
@@ -62,6 +71,7 @@ def build_application(settings: Settings, options: ClusterOptions):  # noqa: ANN
         # Streams (a propagation, a large answer) go through it: not Serve's 5.
         max_ongoing_requests=1000,
         ray_actor_options={"num_cpus": 0},
+        logging_config=LoggingConfig(log_level=settings.log_level.upper()),
     ).bind(settings, engine, directory)
     return ingress
 
@@ -72,9 +82,9 @@ def start(settings: Settings, options: ClusterOptions) -> None:
     from ray import serve
 
     if options.ray_address:
-        ray.init(address=options.ray_address, log_to_driver=False)
+        ray.init(address=options.ray_address)
     else:
-        ray.init(include_dashboard=options.dashboard, log_to_driver=False)
+        ray.init(include_dashboard=options.dashboard)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build_application(settings, options), name=APP_NAME, route_prefix="/")
 
@@ -99,9 +109,10 @@ def serve_cluster(settings: Settings, options: ClusterOptions) -> int:
         logger.info("signal %d: stopping the cluster application", sig)
         stopping.set()
 
+    start(settings, options)
+    # After ray.init, which installs handlers of its own that abort the process.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    start(settings, options)
     logger.info(
         "serving on http://%s:%d with %d engine replicas%s",
         settings.host,

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import torch
 from prometheus_client import generate_latest
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -48,6 +49,11 @@ class _Held:
 
 class EngineReplica:
     async def __init__(self, settings: Settings, directory: DeploymentHandle) -> None:
+        # As `sam2-server serve` logs; Ray keeps each replica's output in its session logs.
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
         self.settings = settings
         self.directory = directory
         self.engine = Engine(settings)
@@ -57,6 +63,10 @@ class EngineReplica:
         self.started = time.time()
         self._lifespan = Lifespan(self.app)
         await self._lifespan.start()  # starts loading the models in the background
+        # Ready (so routed to) once loaded: a replacement replica must not take
+        # clicks with a 503 "loading" while its siblings could answer them.
+        while self.engine.status == "LOADING":
+            await asyncio.sleep(0.1)
         self._reporter = asyncio.create_task(self._report_forever())
         logger.info("replica %s (pid %d) started", self.replica_id, os.getpid())
 
@@ -115,6 +125,7 @@ class EngineReplica:
             "pid": os.getpid(),
             "node": socket.gethostname(),
             "started": self.started,
+            "threads": torch.get_num_threads(),  # Ray sets OMP_NUM_THREADS to the replica's CPUs
             "status": self.engine.status,
             "unavailable": self.engine.unavailable(),
             "stats": self.engine.stats(),
