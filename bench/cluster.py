@@ -1,14 +1,19 @@
-"""What the cluster path costs per request: one server vs `serve --replicas 2`, one run.
+"""What the cluster path costs: one server vs `serve --replicas`, in one run.
 
-Starts `sam2-server serve` on loopback with a random-weight hiera-tiny, then
-`sam2-server serve --replicas 2` (a local Ray, one CPU per replica) on the
-same checkpoint, one after the other (side by side they would share the
-cores). On each: `--images` new 1024x768 photos, each uploaded once through
-the native API (the encode) and clicked `--clicks` times by id; then prints
-the medians, the ratios cluster / one server, and the encoder runs the
-cluster's /stats counts (the affinity: one per image).
+Starts, one after the other on loopback (side by side they would share the
+cores), with the same random-weight hiera-tiny checkpoint:
 
-    .venv/bin/python bench/cluster.py     # about 2 minutes on 2 CPU cores
+  - `sam2-server serve` (torch's threads: all cores),
+  - `serve --replicas 1 --replica-cpus 2`: the cluster path with the same
+    threads, so the difference is Ray's (proxy -> ingress -> replica),
+  - `serve --replicas 2`: a replica per core, one thread each.
+
+On each: one client uploads `--images` new 1024x768 photos through the
+native API (the encode) and clicks each `--clicks` times by id (medians);
+then two clients at once do the same on other images (requests per second).
+The encoder runs /stats counts should be one per new image: affinity.
+
+    .venv/bin/python bench/cluster.py     # about 4 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -63,38 +69,63 @@ def run(url: str, images: list[bytes], clicks: int) -> dict[str, list[float]]:
     return times
 
 
+CONFIGS = (
+    ("one server", ()),
+    ("1 replica, 2 CPUs", ("--replicas", "1", "--replica-cpus", "2")),
+    ("2 replicas, 1 CPU each", ("--replicas", "2")),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--clicks", type=int, default=10)
     args = parser.parse_args()
-    images = photos(args.images)
-    results: dict[str, dict[str, list[float]]] = {}
-    encoded: dict[str, int] = {}
+    images = photos(2 * args.images + 1)
+    warm_up, alone, together = images[0], images[1 : args.images + 1], images[args.images + 1 :]
+    rows = []
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = write_checkpoint(Path(folder) / "sam2.1_hiera_tiny.pt", seed=0)
-        for name, extra in (("one server", ()), ("2 replicas", ("--replicas", "2"))):
+        for name, extra in CONFIGS:
             with started(name, serve_args(checkpoint, *extra)) as server:
-                run(server.url, photos(1), 2)  # warm-up, not counted
+                run(server.url, [warm_up], 2)  # every replica's first request is slower
+                run(server.url, [warm_up], 2)
                 before = server.stats()["encoded_images"]
-                results[name] = run(server.url, images, args.clicks)
+                times = run(server.url, alone, args.clicks)
+                # Two clients at once, each with its own images: what the cores give.
+                halves = [together[::2], together[1::2]]
+                started_at = time.perf_counter()
+                with ThreadPoolExecutor(2) as pool:
+                    list(pool.map(lambda half: run(server.url, half, args.clicks), halves))
+                wall = time.perf_counter() - started_at
                 time.sleep(1.5)  # the cluster's replicas report twice a second
-                encoded[name] = server.stats()["encoded_images"] - before
+                stats = server.stats()
+                threads = [r["threads"] for r in stats.get("replicas", [])] or ["2 (torch default)"]
+                rows.append(
+                    (
+                        name,
+                        statistics.median(times["upload"]),
+                        statistics.median(times["click"]),
+                        len(together) * (1 + args.clicks) / wall,
+                        stats["encoded_images"] - before,
+                        threads,
+                    )
+                )
     print(
-        f"hiera-tiny (random weights), {SIZE[0]}x{SIZE[1]} JPEG, {args.images} images x "
-        f"{args.clicks} clicks by id, median seconds"
+        f"hiera-tiny (random weights), {SIZE[0]}x{SIZE[1]} JPEG; one client: {args.images} "
+        f"images x {args.clicks} clicks by id (median s); two clients at once: "
+        f"{len(together)} other images (requests/s)"
     )
-    print(f"{'':12} {'upload+encode':>14} {'click':>8} {'encoder runs':>13}")
-    for name, times in results.items():
+    print(f"{'':24} {'upload':>7} {'click':>7} {'2 clients':>9} {'encodes':>7}  torch threads")
+    for name, upload, click, throughput, encodes, threads in rows:
+        print(f"{name:24} {upload:7.3f} {click:7.3f} {throughput:9.2f} {encodes:7d}  {threads}")
+    base = rows[0]
+    for name, upload, click, throughput, _, _ in rows[1:]:
         print(
-            f"{name:12} {statistics.median(times['upload']):14.3f} "
-            f"{statistics.median(times['click']):8.3f} {encoded[name]:13d}"
+            f"{name} / one server: upload {upload / base[1]:.2f}x, click {click / base[2]:.2f}x, "
+            f"throughput {throughput / base[3]:.2f}x"
         )
-    one, two = results["one server"], results["2 replicas"]
-    print(
-        f"{'ratio':12} {statistics.median(two['upload']) / statistics.median(one['upload']):14.2f} "
-        f"{statistics.median(two['click']) / statistics.median(one['click']):8.2f}"
-    )
+    print(f"expected encodes per configuration: {2 * args.images} (one per new image)")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def started(name: str, args: list[str], env: dict[str, str] | None = None) -> It
             try:
                 if httpx.get(server.url + "/health", timeout=2).json()["status"] == "OK":
                     break
-            except httpx.TransportError:
+            except (httpx.TransportError, ValueError):  # ValueError: Ray's proxy, not up yet
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not become healthy")

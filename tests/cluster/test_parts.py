@@ -152,7 +152,8 @@ def test_the_app_answers_a_forwarded_request() -> None:
     items = asyncio.run(run())
     assert isinstance(items[0], Head)
     assert items[0].status == 200
-    assert b"".join(items[1:]) == b'{"body":"hello","q":"a=1"}'
+    assert items[0].body == b'{"body":"hello","q":"a=1"}'  # the whole answer, with the head
+    assert items[1:] == []
 
 
 def test_a_consumer_that_leaves_stops_the_stream() -> None:
@@ -160,7 +161,9 @@ def test_a_consumer_that_leaves_stops_the_stream() -> None:
         stream = run_http(app, ForwardedRequest("GET", "/lines"))
         head = await stream.__anext__()
         assert isinstance(head, Head)
-        assert await stream.__anext__() == b"0\n"
+        assert head.body in (b"", b"0\n")
+        if not head.body:
+            assert await stream.__anext__() == b"0\n"
         await stream.aclose()  # what Ray does when the ingress cancels the call
         sent = app.state.sent
         await asyncio.sleep(0.2)

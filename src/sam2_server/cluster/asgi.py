@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.types import ASGIApp, Message
@@ -40,6 +40,9 @@ class ForwardedRequest:
 class Head:
     status: int
     headers: tuple[tuple[bytes, bytes], ...] = field(default=())
+    # The first body chunk rides with the head: most answers are one chunk, and
+    # every item of a stream is a round trip through Ray.
+    body: bytes = b""
 
 
 # A replica's answer for a session it does not hold: the ingress asks again
@@ -48,7 +51,7 @@ ELSEWHERE = Head(421, ((b"x-sam2-cluster", b"elsewhere"),))
 
 
 async def run_http(app: ASGIApp, request: ForwardedRequest) -> AsyncIterator[Head | bytes]:
-    """Yield the app's answer to `request`: one Head, then the non-empty body chunks."""
+    """Yield the app's answer to `request`: a Head with the first chunk, then the others."""
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -87,17 +90,24 @@ async def run_http(app: ASGIApp, request: ForwardedRequest) -> AsyncIterator[Hea
 
     task = asyncio.create_task(run())
     try:
+        head: Head | None = None
         while True:
             message = await messages.get()
             if message is None:
                 break
             if message["type"] == "http.response.start":
-                yield Head(message["status"], tuple(message.get("headers", ())))
+                head = Head(message["status"], tuple(message.get("headers", ())))
             elif message["type"] == "http.response.body":
-                if message.get("body"):
-                    yield bytes(message["body"])
+                body = bytes(message.get("body", b""))
+                if head is not None:
+                    yield replace(head, body=body)
+                    head = None
+                elif body:
+                    yield body
                 if not message.get("more_body", False):
                     break
+        if head is not None:  # started, then the app failed before any body
+            yield head
         try:
             await task
         except Exception:

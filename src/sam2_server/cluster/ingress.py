@@ -161,7 +161,7 @@ def build_ingress_app(
             if head == ELSEWHERE:
                 continue
             assert isinstance(head, Head)
-            response = StreamingResponse(_rest(stream), status_code=head.status)
+            response = StreamingResponse(_rest(head.body, stream), status_code=head.status)
             response.raw_headers = list(head.headers)
             return response
         return json_error(
@@ -195,10 +195,12 @@ async def _image_part(request: Request, max_field_bytes: int) -> bytes | None:
         await form.close()
 
 
-async def _rest(stream: DeploymentResponseGenerator) -> AsyncIterator[bytes]:
+async def _rest(first: bytes, stream: DeploymentResponseGenerator) -> AsyncIterator[bytes]:
     """The body chunks; a client that leaves cancels the replica's work."""
     finished = False
     try:
+        if first:
+            yield first
         async for chunk in stream:
             yield chunk
         finished = True

@@ -109,10 +109,12 @@ def serve_cluster(settings: Settings, options: ClusterOptions) -> int:
         logger.info("signal %d: stopping the cluster application", sig)
         stopping.set()
 
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     start(settings, options)
-    # After ray.init, which installs handlers of its own that abort the process.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # Again: ray.init installs handlers of its own, which abort the process.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     logger.info(
         "serving on http://%s:%d with %d engine replicas%s",
         settings.host,

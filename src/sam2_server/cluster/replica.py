@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -102,18 +103,18 @@ class EngineReplica:
         async for item in run_http(self.app, request):
             if isinstance(item, Head):
                 head = item
+                chunks.append(item.body)
             else:
                 chunks.append(item)
+        if head is None:
+            return
         body = b"".join(chunks)
-        if head is not None and head.status < 300:
+        if head.status < 300:
             try:
                 await self._hold(orjson.loads(body)["video_id"])
             except (ValueError, KeyError, TypeError):
                 logger.warning("a new video session's answer has no video_id")
-        if head is not None:
-            yield head
-        if body:
-            yield body
+        yield replace(head, body=body)
 
     def _fetch_upload(self, image_id: str) -> bytes | None:
         """The upload kept by the directory (called in an engine worker thread: blocking)."""
