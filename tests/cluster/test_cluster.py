@@ -233,3 +233,27 @@ def test_a_killed_replica_is_replaced_and_requests_keep_succeeding(cluster: http
     for seed in (203, 204, 205):
         answer = _click(cluster, _png(seed))
         assert answer.status_code == 200, answer.text
+
+
+def test_a_client_that_leaves_stops_the_replicas_propagation(cluster: httpx.Client) -> None:
+    opened = cluster.post(VIDEOS, files=_frames_upload())
+    assert opened.status_code == 201, opened.text
+    video = opened.json()["video_id"]
+    prompt = {"frame_index": 0, "object_id": 1, "points": POINTS.tolist(), "labels": [1, 0]}
+    assert cluster.post(f"{VIDEOS}/{video}/prompts", json=prompt).status_code == 200
+    before = _stats(cluster)["video"]["frames_propagated"]
+    with cluster.stream("POST", f"{VIDEOS}/{video}/propagate", json={}) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())  # one frame, then the client is gone
+    # The session takes requests again (a propagation still running would be a 409) ...
+    _wait(
+        lambda: cluster.post(f"{VIDEOS}/{video}/prompts", json=prompt).status_code == 200,
+        30,
+        "the session to be free again",
+    )
+    computed = _stats(cluster)["video"]["frames_propagated"] - before
+    time.sleep(1.0)
+    # ... and computes nothing more: fewer than the clip's 8 frames were computed.
+    assert _stats(cluster)["video"]["frames_propagated"] - before == computed
+    assert computed < 8, computed
+    assert cluster.delete(f"{VIDEOS}/{video}").status_code == 204
