@@ -12,6 +12,7 @@ import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -75,6 +76,19 @@ def _stream(client: TestClient, video_id: str, **body: object) -> list[dict]:
     return [orjson.loads(line) for line in response.text.splitlines()]
 
 
+def prompt_two_objects(client: Any, video: str) -> tuple[dict, dict]:
+    """The oracle's prompts: points for object 1 on frame 0, a box for object 2 on frame 3."""
+    answers = []
+    for prompt in (
+        {"frame_index": 0, "object_id": 1, "points": POINTS.tolist(), "labels": [1, 0]},
+        {"frame_index": 3, "object_id": 2, "box": BOX.tolist(), "mask_format": "png"},
+    ):
+        answer = client.post(f"{VIDEOS}/{video}/prompts", json=prompt)
+        assert answer.status_code == 200, answer.text
+        answers.append(answer.json())
+    return answers[0], answers[1]
+
+
 def test_a_session_over_http_equals_the_fixed_library(
     video_client: TestClient, video: str, video_reference: dict[str, list[FrameMasks]]
 ) -> None:
@@ -88,17 +102,8 @@ def test_a_session_over_http_equals_the_fixed_library(
         "fps": None,
         "objects": [],
     }
-    first = video_client.post(
-        f"{VIDEOS}/{video}/prompts",
-        json={"frame_index": 0, "object_id": 1, "points": POINTS.tolist(), "labels": [1, 0]},
-    )
-    assert first.status_code == 200, first.text
-    second = video_client.post(
-        f"{VIDEOS}/{video}/prompts",
-        json={"frame_index": 3, "object_id": 2, "box": BOX.tolist(), "mask_format": "png"},
-    )
-    assert second.status_code == 200, second.text
-    _equal([_frame(first.json()), _frame(second.json())], video_reference["prompts"])
+    first, second = prompt_two_objects(video_client, video)
+    _equal([_frame(first), _frame(second)], video_reference["prompts"])
     assert video_client.get(f"{VIDEOS}/{video}").json()["objects"] == [1, 2]
 
     forward = _stream(video_client, video)

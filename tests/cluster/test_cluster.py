@@ -26,10 +26,10 @@ from PIL import Image
 
 from sam2_server.client import image_id_of
 from sam2_server.domain import FrameMasks
-from tests.api.test_videos import _equal, _frame, _frames_upload
+from tests.api.test_videos import _equal, _frame, _frames_upload, prompt_two_objects
 from tests.conftest import DATA
 from tests.e2e.process import start_server
-from tests.video_reference import BOX, POINTS
+from tests.video_reference import POINTS
 
 pytestmark = pytest.mark.cluster
 
@@ -177,21 +177,13 @@ def _session(client: Any) -> tuple[str, list[FrameMasks]]:
     opened = client.post(VIDEOS, files=_frames_upload())
     assert opened.status_code == 201, opened.text
     video = opened.json()["video_id"]
-    first = client.post(  # at once: the router may not have heard of the session yet
-        f"{VIDEOS}/{video}/prompts",
-        json={"frame_index": 0, "object_id": 1, "points": POINTS.tolist(), "labels": [1, 0]},
-    )
-    assert first.status_code == 200, first.text
-    second = client.post(
-        f"{VIDEOS}/{video}/prompts",
-        json={"frame_index": 3, "object_id": 2, "box": BOX.tolist(), "mask_format": "png"},
-    )
-    assert second.status_code == 200, second.text
+    # At once: the router may not have heard of the new session yet.
+    first, second = prompt_two_objects(client, video)
     with client.stream("POST", f"{VIDEOS}/{video}/propagate", json={}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("application/x-ndjson")
         lines = [orjson.loads(line) for line in response.iter_lines() if line]
-    return video, [_frame(answer) for answer in (first.json(), second.json(), *lines)]
+    return video, [_frame(answer) for answer in (first, second, *lines)]
 
 
 def test_a_video_session_follows_its_replica(cluster: httpx.Client, video_client) -> None:
