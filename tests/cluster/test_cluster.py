@@ -14,7 +14,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -22,10 +21,13 @@ import numpy as np
 import orjson
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from sam2_server.api import create_app
 from sam2_server.client import image_id_of
 from sam2_server.domain import FrameMasks
+from sam2_server.engine import Engine
 from tests.api.test_videos import _equal, _frame, _frames_upload, prompt_two_objects
 from tests.conftest import DATA
 from tests.e2e.process import start_server
@@ -73,12 +75,21 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
+@pytest.fixture(scope="module")
+def one_server(video_settings) -> Iterator[TestClient]:
+    """A single server with the cluster's settings, computing on one thread as a replica does.
+
+    Its own engine and client, built while torch is set to one thread: a thread
+    fixes its OpenMP thread count when it first computes, so the session's
+    shared engine (its threads made earlier, with two) would not do.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        engine = Engine(video_settings)
+        engine.load()
+        with TestClient(create_app(video_settings, engine, load=False)) as client:
+            yield client
     finally:
         torch.set_num_threads(threads)
 
@@ -107,13 +118,12 @@ def _stats(cluster: httpx.Client) -> dict[str, Any]:
     return cluster.get("/stats").json()
 
 
-def test_answers_equal_one_server(cluster: httpx.Client, video_client) -> None:
+def test_answers_equal_one_server(cluster: httpx.Client, one_server: TestClient) -> None:
     image = _png(100)
-    with _one_thread():
-        expected = _click(video_client, image)
-        native_expected = video_client.post(
-            f"/v1/images/{image_id_of(image)}/segment", json={"points": [[60, 50]], "labels": [1]}
-        )
+    expected = _click(one_server, image)
+    native_expected = one_server.post(
+        f"/v1/images/{image_id_of(image)}/segment", json={"points": [[60, 50]], "labels": [1]}
+    )
     assert expected.status_code == 200
     answer = _click(cluster, image)
     assert answer.status_code == 200, answer.text
@@ -186,10 +196,9 @@ def _session(client: Any) -> tuple[str, list[FrameMasks]]:
     return video, [_frame(answer) for answer in (first, second, *lines)]
 
 
-def test_a_video_session_follows_its_replica(cluster: httpx.Client, video_client) -> None:
-    with _one_thread():
-        video, expected = _session(video_client)
-    video_client.delete(f"{VIDEOS}/{video}")
+def test_a_video_session_follows_its_replica(cluster: httpx.Client, one_server: TestClient) -> None:
+    video, expected = _session(one_server)
+    one_server.delete(f"{VIDEOS}/{video}")
     video, answers = _session(cluster)
     assert cluster.delete(f"{VIDEOS}/{video}").status_code == 204
     assert cluster.get(f"{VIDEOS}/{video}").status_code == 404
