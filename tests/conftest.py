@@ -31,6 +31,11 @@ os.environ["HF_HUB_CACHE"] = str(_HF_HOME / "hub")
 os.environ["HUGGINGFACE_HUB_CACHE"] = str(_HF_HOME / "hub")
 os.environ.pop("AUTH_TOKEN", None)
 os.environ.pop("MODEL_ID", None)
+# The parity tests compare exact fp32 answers, and PRECISION=auto picks bf16 on a CPU
+# with native bfloat16 (some CI machines have AVX512-BF16): server processes the tests
+# start get fp32 by name, and in-process engines see a CPU without native bf16 (the
+# `cpu_cannot_bf16` fixture below). engine/cpu.py's decision is tested with made-up CPUs.
+os.environ["PRECISION"] = "fp32"
 
 import pytest  # noqa: E402
 
@@ -42,6 +47,21 @@ from sam2_server.engine.synthetic import (  # noqa: E402
 )
 
 DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cpu_cannot_bf16() -> Iterator[None]:
+    """In-process engines decide `auto` as on a CPU without native bf16 (see above)."""
+    from dataclasses import replace
+
+    from sam2_server.engine import cpu
+
+    real = cpu.cpu_features()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sam2_server.engine.engine.cpu_features", lambda: replace(real, bf16=False))
+        yield
+
+
 TINY_REPO = "facebook/sam2.1-hiera-tiny"
 TINY_FILENAME = "sam2.1_hiera_tiny.pt"
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"

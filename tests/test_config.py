@@ -96,3 +96,18 @@ def test_download_of_an_unknown_id_names_the_known_ones(capsys):
 
     assert main(["download", "someone/model"]) == 1
     assert "facebook/sam2.1-hiera-tiny" in capsys.readouterr().err
+
+
+def test_encoder_backend_from_env():
+    assert Settings.from_env({}).encoder_backend == "torch"
+    assert Settings.from_env({"ENCODER_BACKEND": "OpenVINO"}).encoder_backend == "openvino"
+    with pytest.raises(SystemExit, match="ENCODER_BACKEND must be one of torch, openvino"):
+        Settings.from_env({"ENCODER_BACKEND": "onnx"})
+
+
+def test_openvino_backend_refuses_compile_encoder():
+    settings = Settings(encoder_backend="openvino", compile_encoder=True)
+    with pytest.raises(SystemExit, match="COMPILE_ENCODER applies to ENCODER_BACKEND=torch"):
+        settings.validate()
+    with pytest.raises(SystemExit, match="ENCODER_BACKEND must be one of"):
+        Settings(encoder_backend="onnx").validate()

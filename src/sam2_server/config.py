@@ -21,6 +21,7 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ENCODER_BACKENDS = ("torch", "openvino")
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,12 @@ class Settings:
     # Embedding cache bound; None: 1 GiB on CPU/MPS, on CUDA a quarter of the GPU's memory
     # up to 4 GiB. 0 disables the cache.
     cache_bytes: int | None = None
-    # "auto": bf16 autocast + TF32 on CUDA, exact fp32 elsewhere; or "fp32" / "bf16".
+    # "auto": bf16 autocast + TF32 on CUDA, exact fp32 elsewhere; or "fp32" / "bf16"
+    # (on a CPU only with native bf16, see engine/cpu.py).
     precision: str = "auto"
+    # The image encoder's runtime: "torch" (eager PyTorch) or "openvino" (the CPU only;
+    # the `openvino` extra). Prompt decoding, automatic masks and video stay on PyTorch.
+    encoder_backend: str = "torch"
     compile_encoder: bool = False  # torch.compile the image encoder (CUDA; slow start)
     # Concurrent cache misses encoded in one forward; None: 8 on CUDA, 1 (off) elsewhere.
     encode_batch_size: int | None = None
@@ -145,6 +150,7 @@ class Settings:
             log_level=_choice(env, "LOG_LEVEL", LOG_LEVELS, base.log_level),
             cache_bytes=_int(env, "CACHE_BYTES", None, allow_zero=True),
             precision=_choice(env, "PRECISION", ("auto", "fp32", "bf16"), base.precision),
+            encoder_backend=_choice(env, "ENCODER_BACKEND", ENCODER_BACKENDS, base.encoder_backend),
             compile_encoder=_bool(env, "COMPILE_ENCODER", base.compile_encoder),
             encode_batch_size=_int(env, "ENCODE_BATCH_SIZE", None),
             encode_batch_wait_ms=_float(env, "ENCODE_BATCH_WAIT_MS", base.encode_batch_wait_ms),
@@ -193,6 +199,16 @@ class Settings:
             raise SystemExit(f"port must be between 1 and 65535, got {self.port}")
         if not self.model_ids:
             raise SystemExit("no model to serve: MODEL_ID (or --model-id) is empty")
+        if self.encoder_backend not in ENCODER_BACKENDS:
+            raise SystemExit(
+                f"ENCODER_BACKEND must be one of {', '.join(ENCODER_BACKENDS)}, "
+                f"got {self.encoder_backend!r}"
+            )
+        if self.encoder_backend == "openvino" and self.compile_encoder:
+            raise SystemExit(
+                "COMPILE_ENCODER applies to ENCODER_BACKEND=torch; OpenVINO compiles the "
+                "encoder itself: unset one of them"
+            )
         return self
 
 

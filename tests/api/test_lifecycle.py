@@ -154,4 +154,7 @@ def test_stats_count_cache_hits_and_misses(client):
     assert after["cache"]["hits"] - before["cache"]["hits"] == 2
     assert after["encoded_images"] - before["encoded_images"] == 1
     assert after["precision"] == "fp32"
+    assert after["encoder_backend"] == "torch"
+    # What the precision was decided on: this CPU's name and features.
+    assert set(after["cpu_features"]) == {"model", "avx2", "avx512", "bf16", "amx"}
     assert after["cache"]["bytes"] <= after["cache"]["max_bytes"]

@@ -18,6 +18,7 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 from sam2_server.domain import Prompt
 from sam2_server.engine import Engine
 from sam2_server.engine.cache import EmbeddingCache
+from sam2_server.engine.cpu import CpuFeatures
 from tests.conftest import image_bytes
 
 PROMPTS = [
@@ -281,8 +282,14 @@ def test_batched_encodes_match_single_encodes(reduced_settings, reduced_engine):
         np.testing.assert_allclose(batched.logits, single.logits, atol=1e-3)  # type: ignore[attr-defined]
 
 
-def test_bf16_autocast_stays_close_to_fp32(reduced_settings, reduced_engine):
-    """The GPU's default precision path, run on the CPU: same shapes, answers close."""
+def test_bf16_autocast_stays_close_to_fp32(reduced_settings, reduced_engine, monkeypatch):
+    """The GPU's default precision path, run on the CPU: same shapes, answers close.
+
+    PRECISION=bf16 on a CPU needs native bf16 (engine/cpu.py); the test pretends to
+    have it, so that it runs (emulated) on any CI machine.
+    """
+    native = CpuFeatures.from_flags({"avx2", "avx512f", "avx512_bf16"}, "test CPU")
+    monkeypatch.setattr("sam2_server.engine.engine.cpu_features", lambda: native)
     engine = Engine(reduced_settings.with_(precision="bf16", cache_bytes=0))
     engine.load()
     assert engine.stats()["precision"] == "bf16"

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -52,6 +53,7 @@ from sam2_server.domain import (
 from sam2_server.engine.automatic import AutomaticHooks, generate_masks, warnings_for
 from sam2_server.engine.batching import Batcher
 from sam2_server.engine.cache import EmbeddingCache
+from sam2_server.engine.cpu import CpuFeatures, cpu_features, decide_precision
 from sam2_server.engine.models import (
     ModelLoadError,
     ModelSpec,
@@ -63,7 +65,7 @@ from sam2_server.engine.models import (
 )
 from sam2_server.engine.registry import ModelRegistry, ModelState, one_line
 from sam2_server.engine.video import VIDEO_OVERRIDES, FixedVideoPredictor, VideoSessions
-from sam2_server.errors import OOM_ERROR, Cancelled, ServiceError, image_not_cached
+from sam2_server.errors import OOM_ERROR, Cancelled, ConfigError, ServiceError, image_not_cached
 from sam2_server.images import decode_image, probe_image
 
 logger = logging.getLogger(__name__)
@@ -140,8 +142,12 @@ class Engine:
         self.settings = settings
         self.device = select_device(settings.device)
         on_cuda = self.device.type == "cuda"
-        precision = settings.precision
-        self.bf16 = precision == "bf16" or (precision == "auto" and on_cuda)
+        # The CPU's features decide whether bf16 is allowed there (ConfigError if not).
+        self.cpu: CpuFeatures | None = cpu_features() if self.device.type == "cpu" else None
+        self.bf16 = decide_precision(settings.precision, self.device.type, self.cpu) == "bf16"
+        self.encoder_backend = settings.encoder_backend
+        if self.encoder_backend == "openvino":
+            _check_openvino(settings, self.device)
         cache_bytes = settings.cache_bytes
         if cache_bytes is None:
             cache_bytes = _default_cache_bytes(self.device)
@@ -247,12 +253,15 @@ class Engine:
         spec = resolve_spec(model_id, self.settings.model_config)
         checkpoint = fetch_checkpoint(spec)
         model = build_model(spec, checkpoint, self.device)
+        encoder_bytes = 0
+        if self.encoder_backend == "openvino":
+            encoder_bytes = self._install_openvino(model, model_id, checkpoint, spec)
         if self.settings.compile_encoder:
             # As sam2's own `compile_image_encoder` does; compiled per input shape.
             model.image_encoder.forward = torch.compile(
                 model.image_encoder.forward, mode="max-autotune", fullgraph=True, dynamic=False
             )
-        loaded = LoadedModel(spec, image_predictor(model), _weight_bytes(model))
+        loaded = LoadedModel(spec, image_predictor(model), _weight_bytes(model) + encoder_bytes)
         if self.settings.compile_encoder:
             self._warm_up(loaded, model_id)
         logger.info(
@@ -264,6 +273,29 @@ class Engine:
             time.perf_counter() - started,
         )
         return loaded
+
+    def _install_openvino(
+        self, model: torch.nn.Module, model_id: str, checkpoint: Path, spec: ModelSpec
+    ) -> int:
+        """Swap the image encoder for its OpenVINO compilation; the bytes its weights take."""
+        from sam2_server.engine import openvino_backend
+
+        # Explicit f32 unless bf16 was asked for by name: `auto`'s bf16 on a native-bf16
+        # CPU is PyTorch autocast's choice; OpenVINO is chosen for exact-enough speed.
+        precision = "bf16" if self.settings.precision == "bf16" else "fp32"
+        report = openvino_backend.install(model, model_id, checkpoint, spec.config, precision)
+        logger.info(
+            "%s's image encoder on OpenVINO (%s): %s, checkpoint hashed in %.1f s, "
+            "compiled in %.1f s",
+            model_id,
+            report.entry,
+            "cached" if report.convert_s is None else f"converted in {report.convert_s:.1f} s",
+            report.hash_s,
+            report.compile_s,
+        )
+        encoder = model.image_encoder
+        assert isinstance(encoder, openvino_backend.OpenVinoImageEncoder)
+        return encoder.nbytes
 
     def _warm_up(self, loaded: LoadedModel, model_id: str) -> None:
         """Compile before the first request rather than during it."""
@@ -672,6 +704,9 @@ class Engine:
             "status": self.status,
             "device": str(self.device),
             "precision": "bf16" if self.bf16 else "fp32",
+            "encoder_backend": self.encoder_backend,
+            # What the precision was decided on (None off the CPU).
+            "cpu_features": asdict(self.cpu) if self.cpu is not None else None,
             "encoded_images": self.encoded_images,
             "prompts_by_image_id": self._hits_by_id,
             "encode_batches": (
@@ -741,6 +776,23 @@ def _info(image_id: str, embedding: Embedding, *, cached: bool) -> ImageInfo:
 def _check(cancelled: Callable[[], bool] | None) -> None:
     if cancelled is not None and cancelled():
         raise Cancelled()
+
+
+def _check_openvino(settings: Settings, device: torch.device) -> None:
+    """ENCODER_BACKEND=openvino's requirements, each refused in one line at start."""
+    from sam2_server.engine.openvino_backend import require_openvino
+
+    if device.type != "cpu":
+        raise ConfigError(
+            f"ENCODER_BACKEND=openvino runs the encoder on the CPU, but DEVICE is {device}: "
+            "set DEVICE=cpu, or ENCODER_BACKEND=torch."
+        )
+    if settings.compile_encoder:
+        raise ConfigError(
+            "COMPILE_ENCODER applies to ENCODER_BACKEND=torch; OpenVINO compiles the encoder "
+            "itself: unset one of them."
+        )
+    require_openvino()
 
 
 def _describe_failure(exc: BaseException) -> str:
