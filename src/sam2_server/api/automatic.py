@@ -18,18 +18,23 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, field_validator
 
 from sam2_server.api.admission import Admission, Ticket, estimate_work_bytes
-from sam2_server.api.native import IMAGE_ID_PATTERN, IMAGES_PATH, NATIVE_RESPONSES, SegmenterDep
+from sam2_server.api.native import (
+    IMAGES_PATH,
+    NATIVE_RESPONSES,
+    SegmenterDep,
+    cached_image,
+    check_image_id,
+)
 from sam2_server.api.pipeline import check_model, request_record, require_ready, run_admitted
 from sam2_server.api.routes import bearer_scheme, serialise
 from sam2_server.codecs.automatic import automatic_answer, estimate_answer_bytes
 from sam2_server.config import Settings
 from sam2_server.domain import AutomaticParams, ImageInfo, MaskRecord, Timings
-from sam2_server.errors import bad_request, image_not_cached
+from sam2_server.errors import bad_request
 from sam2_server.prompts import AutomaticLimits, check_automatic
 
 MIB = 1024 * 1024
@@ -168,13 +173,10 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
         record = request_record(request)
         model = check_model(segmenter, body.model_id)
         record.details["model"] = model
-        if not IMAGE_ID_PATTERN.match(image_id):
-            raise image_not_cached(image_id, model)
+        check_image_id(image_id, model)
         params = automatic_params(body, settings)
         require_ready(segmenter)
-        info = await run_in_threadpool(segmenter.find_image, model, image_id)
-        if info is None:
-            raise image_not_cached(image_id, model)
+        info = await cached_image(segmenter, model, image_id)
         record.details.update(
             width=info.width,
             height=info.height,

@@ -157,14 +157,8 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         model_id: Annotated[str, Query(description="Empty: the default model.")] = "",
     ) -> Response:
         model = check_model(segmenter, model_id)
-        info = (
-            await run_in_threadpool(segmenter.find_image, model, image_id)
-            if IMAGE_ID_PATTERN.match(image_id)
-            else None
-        )
-        if info is None:
-            raise image_not_cached(image_id, model)
-        return json_response(_image_fields(info))
+        check_image_id(image_id, model)
+        return json_response(_image_fields(await cached_image(segmenter, model, image_id)))
 
     @router.post(
         "/{image_id}/segment",
@@ -182,13 +176,10 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         record = request_record(request)
         model = check_model(segmenter, body.model_id)
         record.details["model"] = model
-        if not IMAGE_ID_PATTERN.match(image_id):
-            raise image_not_cached(image_id, model)
+        check_image_id(image_id, model)
         prompt = await run_in_threadpool(_prompt, body, limits)
         require_ready(segmenter)
-        info = await run_in_threadpool(segmenter.find_image, model, image_id)
-        if info is None:
-            raise image_not_cached(image_id, model)
+        info = await cached_image(segmenter, model, image_id)
         candidates = 3 if prompt.multimask_output else 1
         objects = prompt.num_objects
         record.details.update(width=info.width, height=info.height, objects=objects)
@@ -242,6 +233,23 @@ def _prompt(body: SegmentRequest, limits: PromptLimits) -> Prompt:
         )
     except ServiceError as exc:
         raise in_native_names(exc) from None
+
+
+def check_image_id(image_id: str, model: str) -> None:
+    """A malformed id was never uploaded: the same 404, before the body is looked at."""
+    if not IMAGE_ID_PATTERN.match(image_id):
+        raise image_not_cached(image_id, model)
+
+
+async def cached_image(segmenter: Segmenter, model: str, image_id: str) -> ImageInfo:
+    """The image's description, or the 404 once the server no longer holds it.
+
+    Off the event loop: in a cluster a replica may fetch the upload to describe it.
+    """
+    info = await run_in_threadpool(segmenter.find_image, model, image_id)
+    if info is None:
+        raise image_not_cached(image_id, model)
+    return info
 
 
 def in_native_names(error: ServiceError) -> ServiceError:
