@@ -18,7 +18,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import av
 import httpx
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from PIL import Image
 from sam2_server.cli import main
 from sam2_server.domain import VideoPrompt
 from sam2_server.track import expected_frames, group_prompts, parse_frame_box, parse_frame_point
+from tests.clips import write_mp4
 from tests.conftest import VIDEO_FRAMES
 from tests.e2e.process import Server, serving_local
 
@@ -183,16 +183,8 @@ def test_url_mode_writes_the_same_files_without_torch(
 
 def test_a_video_file_in_reverse(server: Server, video_engine, tmp_path: Path, capsys) -> None:
     clip = tmp_path / "clip.mp4"
-    with av.open(str(clip), mode="w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        for path in VIDEO_FRAMES[:4]:
-            pixels = np.asarray(Image.open(path).convert("RGB"))[:240, :320]
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    frames = [np.asarray(Image.open(path).convert("RGB"))[:240, :320] for path in VIDEO_FRAMES[:4]]
+    write_mp4(frames, clip)
     output = tmp_path / "out"
     args = ["--object", "7", "--box", "3,40,30,200,180", "--point", "3,100,100"]
     code = run_cli(str(clip), *args, "--reverse", "--max-frames", "1", "--url", server.url)

@@ -18,12 +18,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image
 
 from sam2_server.errors import ServiceError, bad_request
 from sam2_server.images import decode_image, probe_image
+
+if TYPE_CHECKING:
+    import av
 
 
 @dataclass
@@ -78,9 +81,12 @@ def frame_images(files: Sequence[BinaryIO], *, max_frames: int, max_pixels: int)
 def video_file(file: BinaryIO, *, max_frames: int, max_pixels: int) -> Clip:
     """The first video stream of a container, decoded frame by frame (400 if unreadable).
 
-    The size and frame rate come from the stream's header; a frame that does
-    not match the header (a mid-stream resolution change) is a 400, since
-    SAM2's state assumes one size per clip.
+    The frame rate comes from the stream's header. Frames are turned upright
+    by their display matrix (a phone's portrait clip is stored landscape with
+    a 90° rotation), as FFmpeg's command line and every player show them, so
+    the masks line up with the picture people see; the clip's size is the
+    first frame's, upright. A frame of another size (a mid-stream resolution
+    change) is a 400, since SAM2's state assumes one size per clip.
     """
     import av  # imported here: only video uploads need FFmpeg loaded
 
@@ -114,29 +120,55 @@ def video_file(file: BinaryIO, *, max_frames: int, max_pixels: int) -> Clip:
     rate = stream.average_rate or stream.guessed_rate
     fps = float(rate) if rate and math.isfinite(float(rate)) and float(rate) > 0 else None
 
-    def decoded() -> Iterator[Image.Image]:
+    def upright() -> Iterator[Image.Image]:
         count = 0
         try:
             for frame in container.decode(stream):
                 count += 1
                 if count > max_frames:
                     raise too_many_frames(max_frames)
-                if (frame.width, frame.height) != (width, height):
-                    raise bad_request(
-                        f"video: frame {count - 1} is {frame.width}x{frame.height}, the stream "
-                        f"says {width}x{height}; clips that change size are not supported."
-                    )
-                yield frame.to_image()
+                yield _upright(frame)
         except av.FFmpegError as exc:
             raise bad_request(
                 f"video: decoding failed at frame {count} ({_reason(exc)})."
             ) from None
         finally:
             container.close()
-        if count == 0:
-            raise bad_request("video: the video stream has no frames.")
 
-    return Clip(width, height, fps, decoded())
+    frames = upright()
+    first = next(frames, None)
+    if first is None:
+        raise bad_request("video: the video stream has no frames.")
+    size = first.size
+
+    def decoded() -> Iterator[Image.Image]:
+        yield first
+        for index, image in enumerate(frames, start=1):
+            if image.size != size:
+                frames.close()
+                raise bad_request(
+                    f"video: frame {index} is {image.width}x{image.height}, frame 0 is "
+                    f"{size[0]}x{size[1]}; clips that change size are not supported."
+                )
+            yield image
+
+    return Clip(size[0], size[1], fps, decoded())
+
+
+# A display matrix's rotation (degrees counterclockwise, as PyAV reports it)
+# → the PIL transpose that shows the frame upright.
+_UPRIGHT = {
+    90: Image.Transpose.ROTATE_90,
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_270,
+}
+
+
+def _upright(frame: av.VideoFrame) -> Image.Image:
+    """The frame as RGB, turned by its display matrix (quarter turns; others ignored)."""
+    image = frame.to_image()
+    turn = _UPRIGHT.get(round(frame.rotation / 90) * 90 % 360)
+    return image if turn is None else image.transpose(turn)
 
 
 def _reason(exc: Exception) -> str:

@@ -23,6 +23,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from sam2_server.domain import FrameMasks
+from tests.clips import rotate_mp4, write_mp4
 from tests.conftest import VIDEO_FRAMES
 from tests.video_reference import BOX, POINTS
 
@@ -114,27 +115,20 @@ def test_a_session_over_http_equals_the_fixed_library(
     assert all(_frame(line).masks.reshape(2, -1).any(axis=1).all() for line in forward)
 
 
-def _mp4(frames: list[np.ndarray], path: Path, codec: str = "libx264") -> Path:
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=24)
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "yuv420p"
-        for pixels in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 def test_a_video_file_gives_the_frames_ffmpeg_decodes(
     video_client: TestClient, tmp_path: Path
 ) -> None:
-    """An mp4 and the PNG frames PyAV decodes from it make the same session."""
+    """An mp4 and the PNG frames PyAV decodes from it make the same session.
+
+    The clip is a phone's portrait clip: stored 320x540, shown turned 90°
+    clockwise; the session is the upright 540x320 picture a player shows.
+    """
     originals = [np.array(Image.open(path))[:, :320] for path in VIDEO_FRAMES[:4]]
-    clip = _mp4(originals, tmp_path / "clip.mp4")
+    clip = rotate_mp4(write_mp4(originals, tmp_path / "clip.mp4"), 90)
     with av.open(str(clip)) as container:
-        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        decoded = [
+            np.rot90(frame.to_ndarray(format="rgb24"), k=-1) for frame in container.decode(video=0)
+        ]
     pngs = []
     for index, pixels in enumerate(decoded):
         buffer = io.BytesIO()
@@ -146,7 +140,8 @@ def test_a_video_file_gives_the_frames_ffmpeg_decodes(
     )
     assert from_file.status_code == 201, from_file.text
     assert from_file.json()["fps"] == 24.0
-    assert (from_file.json()["frames"], from_file.json()["width"]) == (4, 320)
+    described = from_file.json()
+    assert (described["frames"], described["width"], described["height"]) == (4, 540, 320)
     from_frames = video_client.post(VIDEOS, files=pngs)
     assert from_frames.status_code == 201, from_frames.text
     answers = []

@@ -99,8 +99,9 @@ class AutomaticMasksRequest(BaseModel):
     min_mask_region_area: int = Field(
         _DEFAULTS.min_mask_region_area,
         description=(
-            "Fill holes and remove islands up to this area (low-res mask pixels); needs "
-            "sam2's CUDA extension, a 400 where the server lacks it."
+            "Fill holes and remove islands up to this area (low-res mask pixels). sam2 does "
+            "this with its CUDA extension and skips it without one, as does the server, "
+            "which then says so in the answer's `warnings`."
         ),
     )
     use_m2m: bool = Field(
