@@ -100,6 +100,11 @@ class Settings:
     # Grid points over the whole image and every crop: what one request costs in decoder
     # passes (the defaults take 1024; 32 per side with one crop layer halved, 2048).
     max_automatic_points: int = 4096
+    # One generation's working memory, which grows with points_per_batch x candidates x
+    # pixels (a 12 MP photo at the defaults: about 9 GB); past it a 400 naming the
+    # points_per_batch that fits. None: half the machine's memory, or the work budget
+    # (WORK_MEMORY_BYTES) if that is larger.
+    max_automatic_work_bytes: int | None = None
 
     # -- video sessions: each holds its frames (3 MiB each at the model's 1024x1024)
     # and SAM2's memory for every object on every frame tracked --
@@ -173,6 +178,7 @@ class Settings:
             max_crop_layers=_int(env, "MAX_CROP_LAYERS", base.max_crop_layers, allow_zero=True),
             max_points_per_batch=_int(env, "MAX_POINTS_PER_BATCH", base.max_points_per_batch),
             max_automatic_points=_int(env, "MAX_AUTOMATIC_POINTS", base.max_automatic_points),
+            max_automatic_work_bytes=_int(env, "MAX_AUTOMATIC_WORK_BYTES", None),
             video_max_sessions=_int(env, "VIDEO_MAX_SESSIONS", base.video_max_sessions),
             video_max_frames=_int(env, "VIDEO_MAX_FRAMES", base.video_max_frames),
             video_max_pixels=_int(env, "VIDEO_MAX_PIXELS", base.video_max_pixels),
@@ -221,6 +227,14 @@ def split_model_ids(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return _split_ids(value) or None
+
+
+def machine_memory_bytes(fallback: int = 16 * GIB) -> int:
+    """The machine's physical memory; `fallback` where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every platform has these names
+        return fallback
 
 
 def _int(env: Mapping[str, str], name: str, default: _T, *, allow_zero: bool = False) -> int | _T:

@@ -28,6 +28,9 @@ from pycocotools import mask as coco_mask
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
 from sam2_server.api import create_app
+from sam2_server.api.admission import estimate_work_bytes
+from sam2_server.api.automatic import DECODER_BYTES_PER_POINT, automatic_work_ceiling
+from sam2_server.config import machine_memory_bytes
 from sam2_server.engine.automatic import small_region_filter_available
 from tests.api.test_errors import assert_error
 from tests.conftest import image_bytes
@@ -262,6 +265,36 @@ def test_an_answer_over_the_response_limit_is_400(reduced_settings, reduced_engi
         )
         assert_error(response, 400, "3 masks", "MAX_RESPONSE_BYTES", "pred_iou_thresh")
         assert app.state.admission.in_use == 0  # the ticket was given back
+
+
+def test_a_batch_over_the_work_ceiling_is_400_naming_the_batch_that_fits(
+    reduced_settings, reduced_engine, uploaded
+):
+    """The decoder's 28 MiB per point dominates on this small image: 20 points fit."""
+    ceiling = 20 * DECODER_BYTES_PER_POINT + estimate_work_bytes(0, 0, HEIGHT, WIDTH)
+    settings = reduced_settings.with_(max_automatic_work_bytes=ceiling)
+    app = create_app(settings, reduced_engine, load=False)
+    path = f"/v1/images/{uploaded}/automatic-masks"
+    with TestClient(app) as client:
+        response = client.post(path, json={"points_per_side": 8, **RELAXED})
+        assert_error(
+            response,
+            400,
+            "points_per_batch 64 with multimask_output on this 96x64 image",
+            "MAX_AUTOMATIC_WORK_BYTES",
+            "use points_per_batch 20 or less",
+        )
+        fitting = client.post(path, json={"points_per_side": 8, "points_per_batch": 20, **RELAXED})
+        assert fitting.status_code == 200, fitting.text
+        assert app.state.admission.in_use == 0
+
+
+def test_the_work_ceiling_defaults_to_half_the_memory_or_the_budget(reduced_settings):
+    half = machine_memory_bytes() // 2
+    assert automatic_work_ceiling(reduced_settings, 1) == half
+    assert automatic_work_ceiling(reduced_settings, half + 1) == half + 1
+    chosen = reduced_settings.with_(max_automatic_work_bytes=12345)
+    assert automatic_work_ceiling(chosen, half + 1) == 12345
 
 
 def test_the_route_needs_the_token(reduced_settings, reduced_engine):

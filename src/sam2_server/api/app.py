@@ -8,7 +8,6 @@ second) and flips to `OK` or `ERROR` when loading ends.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +28,7 @@ from sam2_server.api.routes import ARRAY_FIELDS, OPS_PATHS, ROUTES, SEGMENT_PATH
 from sam2_server.api.service import Segmenter
 from sam2_server.api.videos import VIDEOS_PATH, build_video_router
 from sam2_server.api.web import build_web_router
-from sam2_server.config import GIB, Settings
+from sam2_server.config import GIB, Settings, machine_memory_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +97,7 @@ def work_budget(settings: Settings) -> int:
     """WORK_MEMORY_BYTES, or a quarter of the machine's memory, at most 8 GiB."""
     if settings.work_memory_bytes is not None:
         return settings.work_memory_bytes
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not every platform has these names
-        total = 16 * GIB
-    return min(8 * GIB, total // 4)
+    return min(8 * GIB, machine_memory_bytes() // 4)
 
 
 def _describe_uploads_as_binary(app: FastAPI) -> None:

@@ -32,7 +32,7 @@ from sam2_server.api.native import (
 from sam2_server.api.pipeline import check_model, request_record, require_ready, run_admitted
 from sam2_server.api.routes import bearer_scheme, serialise
 from sam2_server.codecs.automatic import automatic_answer, estimate_answer_bytes
-from sam2_server.config import Settings
+from sam2_server.config import Settings, machine_memory_bytes
 from sam2_server.domain import AutomaticParams, ImageInfo, MaskRecord, Timings
 from sam2_server.errors import bad_request
 from sam2_server.prompts import AutomaticLimits, check_automatic
@@ -43,6 +43,11 @@ MIB = 1024 * 1024
 # 64-point batch peaked 1.66 GB above the idle process on CPU in fp32,
 # whatever the image size. Every SAM2 size shares this decoder.
 DECODER_BYTES_PER_POINT = 28 * MIB
+# Then every candidate of the batch is upsampled to the image's size as float32
+# logits and thresholded: peak growth over the idle process was 1.8 GB for 192
+# candidates on a 1800x1200 photo and 8.9 GB on a 4000x3000 one (CPU, fp32),
+# i.e. about 3.9 bytes per candidate pixel; this allows 4.5.
+BYTES_PER_CANDIDATE_PIXEL = 4.5
 
 _DEFAULTS = AutomaticParams()
 
@@ -157,6 +162,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
     # The token is checked by the guard before the body is read; this only
     # declares the bearer scheme in the schema.
     router = APIRouter(prefix=IMAGES_PATH, tags=["images"], dependencies=[Depends(bearer_scheme)])
+    work_ceiling = automatic_work_ceiling(settings, admission.budget)
 
     @router.post(
         "/{image_id}/automatic-masks",
@@ -193,6 +199,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
             return segmenter.automatic_masks(model, image_id, params, timings, cancelled)
 
         cost = automatic_work_bytes(params, info.height, info.width)
+        _check_work(params, info.height, info.width, cost, work_ceiling)
         (found, records), ticket = await run_admitted(request, admission, cost, timings, work)
         record.details["masks"] = len(records)
         _check_answer_size(records, settings.max_response_bytes, ticket)
@@ -229,14 +236,66 @@ def automatic_params(body: AutomaticMasksRequest, settings: Settings) -> Automat
 def automatic_work_bytes(params: AutomaticParams, height: int, width: int) -> int:
     """Peak working memory of one generation: one batch of points at a time.
 
-    The mask decoder's activations for the batch, then its candidates as
-    full-size float logits with their filtered copies and boolean masks
-    (the largest crop is the whole image); the pixels, for crops. Masks
-    kept between batches are run-length encoded, small beside a batch.
+    The mask decoder's activations for the batch, or, whichever is larger
+    (they are freed before it), its candidates as full-size float logits with
+    their thresholded copies; plus the pixels and a fixed share. The largest
+    crop is the whole image; masks kept between batches are run-length
+    encoded, small beside a batch.
     """
-    points = min(params.points_per_batch, params.points_per_side**2)
-    candidates = 3 if params.multimask_output else 1
-    return estimate_work_bytes(points, candidates, height, width) + points * DECODER_BYTES_PER_POINT
+    return _batch_bytes(_batch_points(params), params, height, width)
+
+
+def automatic_work_ceiling(settings: Settings, work_budget: int) -> int:
+    """MAX_AUTOMATIC_WORK_BYTES, or half the machine's memory (the work budget if larger)."""
+    if settings.max_automatic_work_bytes is not None:
+        return settings.max_automatic_work_bytes
+    return max(work_budget, machine_memory_bytes() // 2)
+
+
+def _batch_points(params: AutomaticParams) -> int:
+    return min(params.points_per_batch, params.points_per_side**2)
+
+
+def _batch_bytes(points: int, params: AutomaticParams, height: int, width: int) -> int:
+    pixels = height * width
+    candidates = points * (3 if params.multimask_output else 1)
+    upsampled = int(candidates * pixels * BYTES_PER_CANDIDATE_PIXEL)
+    decoder = points * DECODER_BYTES_PER_POINT
+    return max(decoder, upsampled) + estimate_work_bytes(0, 0, height, width)
+
+
+def _check_work(params: AutomaticParams, height: int, width: int, cost: int, ceiling: int) -> None:
+    """A 400 for a generation whose one batch needs more memory than this server allows.
+
+    Admission runs a request larger than the shared budget alone, which is
+    right while one request fits the machine; a batch grows with the image
+    (192 candidates of a 36 MP image as float32 are 28 GB, more than many
+    servers hold, and the kernel kills the process rather than failing the
+    allocation), so past the ceiling it is refused before any work, saying
+    which `points_per_batch` fits. That parameter only sets how many points
+    are decoded at once.
+    """
+    if cost <= ceiling:
+        return
+    points = _batch_points(params)
+    fits = next(
+        (n for n in range(points, 0, -1) if _batch_bytes(n, params, height, width) <= ceiling), 0
+    )
+    mode = "with multimask_output" if params.multimask_output else "with one mask per point"
+    if fits:
+        advice = (
+            f"use points_per_batch {fits} or less (it only sets how many points are "
+            "decoded at once)" + (", or multimask_output=false" if params.multimask_output else "")
+        )
+    elif params.multimask_output:
+        advice = "use multimask_output=false and a small points_per_batch, or a smaller image"
+    else:
+        advice = "use a smaller image"
+    raise bad_request(
+        f"points_per_batch {points} {mode} on this {width}x{height} image needs about "
+        f"{cost / 2**30:.1f} GiB of working memory per batch, over this server's limit of "
+        f"{ceiling / 2**30:.1f} GiB (MAX_AUTOMATIC_WORK_BYTES); {advice}."
+    )
 
 
 def _check_answer_size(records: list[MaskRecord], limit: int, ticket: Ticket) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import secrets
 import threading
 import time
@@ -45,7 +44,7 @@ from PIL import Image
 from sam2 import sam2_video_predictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
-from sam2_server.config import GIB, MIB, Settings
+from sam2_server.config import GIB, MIB, Settings, machine_memory_bytes
 from sam2_server.domain import FrameMasks, VideoInfo, VideoPrompt
 from sam2_server.errors import Cancelled, ServiceError, bad_request
 from sam2_server.frames import Clip, frame_images, video_file
@@ -716,11 +715,7 @@ def _output_bytes(state: dict[str, Any]) -> int:
 
 
 def _default_video_bytes() -> int:
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 4 * GIB
-    return min(8 * GIB, total // 4)
+    return min(8 * GIB, machine_memory_bytes() // 4)
 
 
 __all__ = [
