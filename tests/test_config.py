@@ -34,6 +34,7 @@ def test_automatic_and_video_bounds_from_env():
             "MAX_POINTS_PER_SIDE": "16",
             "MAX_CROP_LAYERS": "0",
             "MAX_POINTS_PER_BATCH": "32",
+            "MAX_AUTOMATIC_WORK_BYTES": "3221225472",
             "VIDEO_MAX_SESSIONS": "2",
             "VIDEO_MAX_FRAMES": "300",
             "VIDEO_MAX_PIXELS": "2073600",
@@ -44,6 +45,8 @@ def test_automatic_and_video_bounds_from_env():
     )
     assert (settings.max_points_per_side, settings.max_crop_layers) == (16, 0)
     assert settings.max_points_per_batch == 32
+    assert settings.max_automatic_work_bytes == 3 * 2**30
+    assert Settings.from_env({}).max_automatic_work_bytes is None  # half of RAM, or the budget
     assert (settings.video_max_sessions, settings.video_max_frames) == (2, 300)
     assert (settings.video_max_pixels, settings.video_max_objects) == (2073600, 4)
     assert settings.video_idle_timeout_s == 90.5
@@ -64,6 +67,7 @@ def test_automatic_and_video_bounds_from_env():
         {"VIDEO_MAX_SESSIONS": "many"},
         {"VIDEO_IDLE_TIMEOUT": "0"},
         {"VIDEO_MEMORY_BYTES": "-5"},
+        {"MAX_AUTOMATIC_WORK_BYTES": "lots"},
     ],
 )
 def test_bad_values_stop_with_the_variable_named(env):
