@@ -113,10 +113,7 @@ def video_file(file: BinaryIO, *, max_frames: int, max_pixels: int) -> Clip:
         raise bad_request("video: the video stream does not say its frame size.")
     if width * height > max_pixels:
         container.close()
-        raise bad_request(
-            f"video: {width}x{height} frames are larger than this server's limit of "
-            f"{max_pixels} pixels per frame (VIDEO_MAX_PIXELS)."
-        )
+        raise _too_large(width, height, max_pixels)
     rate = stream.average_rate or stream.guessed_rate
     fps = float(rate) if rate and math.isfinite(float(rate)) and float(rate) > 0 else None
 
@@ -127,6 +124,8 @@ def video_file(file: BinaryIO, *, max_frames: int, max_pixels: int) -> Clip:
                 count += 1
                 if count > max_frames:
                     raise too_many_frames(max_frames)
+                if frame.width * frame.height > max_pixels:  # a stream that grew mid-way
+                    raise _too_large(frame.width, frame.height, max_pixels)
                 yield _upright(frame)
         except av.FFmpegError as exc:
             raise bad_request(
@@ -169,6 +168,13 @@ def _upright(frame: av.VideoFrame) -> Image.Image:
     image = frame.to_image()
     turn = _UPRIGHT.get(round(frame.rotation / 90) * 90 % 360)
     return image if turn is None else image.transpose(turn)
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> ServiceError:
+    return bad_request(
+        f"video: {width}x{height} frames are larger than this server's limit of "
+        f"{max_pixels} pixels per frame (VIDEO_MAX_PIXELS)."
+    )
 
 
 def _reason(exc: Exception) -> str:
