@@ -22,6 +22,11 @@ GIB = 1024 * MIB
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ENCODER_BACKENDS = ("torch", "openvino")
+# Refused at start by Settings.validate and by an Engine built from unchecked settings.
+OPENVINO_NOT_COMPILED = (
+    "COMPILE_ENCODER applies to ENCODER_BACKEND=torch; OpenVINO compiles the encoder "
+    "itself: unset one of them."
+)
 
 
 @dataclass(frozen=True)
@@ -211,10 +216,7 @@ class Settings:
                 f"got {self.encoder_backend!r}"
             )
         if self.encoder_backend == "openvino" and self.compile_encoder:
-            raise SystemExit(
-                "COMPILE_ENCODER applies to ENCODER_BACKEND=torch; OpenVINO compiles the "
-                "encoder itself: unset one of them"
-            )
+            raise SystemExit(OPENVINO_NOT_COMPILED)
         return self
 
 

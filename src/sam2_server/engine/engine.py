@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from sam2_server.config import Settings
+from sam2_server.config import OPENVINO_NOT_COMPILED, Settings
 from sam2_server.domain import (
     AutomaticParams,
     ImageInfo,
@@ -788,10 +788,7 @@ def _check_openvino(settings: Settings, device: torch.device) -> None:
             "set DEVICE=cpu, or ENCODER_BACKEND=torch."
         )
     if settings.compile_encoder:
-        raise ConfigError(
-            "COMPILE_ENCODER applies to ENCODER_BACKEND=torch; OpenVINO compiles the encoder "
-            "itself: unset one of them."
-        )
+        raise ConfigError(OPENVINO_NOT_COMPILED)
     require_openvino()
 
 
