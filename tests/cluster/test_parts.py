@@ -89,7 +89,7 @@ def test_cluster_stats_sum_the_replicas() -> None:
         }
         for name, pid, status, encoded in (("a", 1, "OK", 2), ("b", 2, "LOADING", 3))
     ]
-    stats = ingress.cluster_stats(reports, {"images": 0})
+    stats = ingress.cluster_stats(reports, {"images": 0}, starting=False)
     assert stats["status"] == "OK"
     assert stats["encoded_images"] == 5
     assert stats["cache"] == {"hits": 10, "misses": 5}
@@ -97,6 +97,26 @@ def test_cluster_stats_sum_the_replicas() -> None:
     assert stats["encode_batches"] is None
     assert stats["models"] == {"m": {"state": None}}  # the replicas disagree
     assert [(r["replica"], r["encoded_images"]) for r in stats["replicas"]] == [("a", 2), ("b", 3)]
+
+
+def test_health_and_stats_say_the_same_status() -> None:
+    ingress = pytest.importorskip("sam2_server.cluster.ingress")
+
+    def replicas(*statuses: str) -> list[dict]:
+        return [{"status": status} for status in statuses]
+
+    cases = [
+        (replicas("ERROR", "OK"), False, "OK"),
+        (replicas("ERROR", "LOADING"), False, "LOADING"),
+        (replicas("ERROR"), True, "ERROR"),
+        (replicas(), True, "LOADING"),  # none has reported yet, during start-up
+        (replicas(), False, "ERROR"),
+    ]
+    for reports, starting, status in cases:
+        assert ingress.cluster_status(reports, starting=starting) == status
+    # Before any replica reports, /stats has a status and no counters (it used to fail).
+    stats = ingress.cluster_stats([], {"images": 0}, starting=True)
+    assert stats == {"status": "LOADING", "uploads": {"images": 0}, "replicas": []}
 
 
 def test_metrics_keep_every_replicas_series_with_a_label() -> None:

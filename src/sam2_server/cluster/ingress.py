@@ -79,18 +79,12 @@ def build_ingress_app(
     async def reports() -> list[dict[str, Any]]:
         return await directory.reports.remote(REPORT_MAX_AGE_S)
 
+    def starting() -> bool:
+        return time.monotonic() - started < _STARTUP_GRACE_S
+
     async def health(request: Request) -> Response:
         replicas = await reports()
-        statuses = {r["status"] for r in replicas}
-        if "OK" in statuses:
-            status = "OK"
-        elif "LOADING" in statuses or (
-            not replicas and time.monotonic() - started < _STARTUP_GRACE_S
-        ):
-            status = "LOADING"
-        else:
-            status = "ERROR"
-        body: dict[str, Any] = {"status": status}
+        body: dict[str, Any] = {"status": cluster_status(replicas, starting=starting())}
         unavailable = {k: v for r in replicas for k, v in r["unavailable"].items()}
         if unavailable:
             body["unavailable"] = unavailable
@@ -98,7 +92,8 @@ def build_ingress_app(
 
     async def stats(request: Request) -> Response:
         replicas = await reports()
-        body = cluster_stats(replicas, await directory.upload_stats.remote())
+        uploads = await directory.upload_stats.remote()
+        body = cluster_stats(replicas, uploads, starting=starting())
         return Response(orjson.dumps(body), media_type="application/json")
 
     async def metrics(request: Request) -> Response:
@@ -209,11 +204,25 @@ async def _rest(first: bytes, stream: DeploymentResponseGenerator) -> AsyncItera
             stream.cancel()
 
 
-def cluster_stats(replicas: list[dict[str, Any]], uploads: dict[str, int]) -> dict[str, Any]:
+def cluster_status(replicas: list[dict[str, Any]], *, starting: bool) -> str:
+    """OK while any replica is; LOADING while one loads, or before any has reported
+    during start-up; ERROR otherwise. /health and /stats both say this."""
+    statuses = {r["status"] for r in replicas}
+    if "OK" in statuses:
+        return "OK"
+    if "LOADING" in statuses or (not replicas and starting):
+        return "LOADING"
+    return "ERROR"
+
+
+def cluster_stats(
+    replicas: list[dict[str, Any]], uploads: dict[str, int], *, starting: bool
+) -> dict[str, Any]:
     """One server's /stats summed over the replicas, then each replica's own."""
     totals = _sum([r["stats"] for r in replicas])
-    statuses = {r["status"] for r in replicas}
-    totals["status"] = "OK" if "OK" in statuses else ("LOADING" if not replicas else "ERROR")
+    if totals is None:  # no replica has reported
+        totals = {}
+    totals["status"] = cluster_status(replicas, starting=starting)
     return {
         **totals,
         "uploads": uploads,
