@@ -15,7 +15,7 @@ import os
 import sys
 
 from sam2_server import __version__, automatic_cli, predict, track
-from sam2_server.config import Settings, split_model_ids
+from sam2_server.config import Settings, configure_logging, split_model_ids
 from sam2_server.errors import ConfigError
 
 logger = logging.getLogger("sam2_server")
@@ -121,9 +121,7 @@ def _serve_cluster(settings: Settings, args: argparse.Namespace) -> int:
     if args.replicas is None or args.replicas < 1:
         print("sam2-server: --replicas must be 1 or more (with --ray-address too)", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     try:
         from sam2_server.cluster.launch import ClusterOptions, serve_cluster
     except ImportError as exc:
@@ -145,9 +143,7 @@ def serve(settings: Settings) -> int:
     from sam2_server.api import create_app
     from sam2_server.serving import DrainingServer, limit_malloc_arenas
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     limit_malloc_arenas()
     try:
         from sam2_server.engine import Engine

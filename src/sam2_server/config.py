@@ -7,6 +7,7 @@ unchanged; CLI flags override them (see `cli.py`).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -229,6 +230,13 @@ def split_model_ids(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return _split_ids(value) or None
+
+
+def configure_logging(settings: Settings) -> None:
+    """The server's log lines at LOG_LEVEL: one server, and each cluster replica alike."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def machine_memory_bytes(fallback: int = 16 * GIB) -> int:

@@ -26,9 +26,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from sam2_server.api import create_app
+from sam2_server.api.videos import VIDEOS_PATH
 from sam2_server.cluster.asgi import ELSEWHERE, ForwardedRequest, Head, Lifespan, run_http
 from sam2_server.cluster.routing import video_id_of
-from sam2_server.config import Settings
+from sam2_server.config import Settings, configure_logging
 from sam2_server.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,7 @@ class _Held:
 class EngineReplica:
     async def __init__(self, settings: Settings, directory: DeploymentHandle) -> None:
         # As `sam2-server serve` logs; Ray keeps each replica's output in its session logs.
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(settings)
         self.settings = settings
         self.directory = directory
         self.engine = Engine(settings)
@@ -89,7 +87,7 @@ class EngineReplica:
             key = serve.get_multiplexed_model_id()
             if key:
                 await self._hold(key)  # advertised while it is being encoded, as Serve intends
-        if request.method == "POST" and request.path.rstrip("/") == "/v1/videos":
+        if request.method == "POST" and request.path.rstrip("/") == VIDEOS_PATH:
             async for item in self._open_video(request):
                 yield item
             return
