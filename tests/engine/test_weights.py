@@ -19,7 +19,9 @@ from sam2_server.engine.models import (
     ModelLoadError,
     ModelNotFoundError,
     build_model,
+    checkpoint_sha256,
     fetch_checkpoint,
+    file_sha256,
     resolve_spec,
     select_device,
 )
@@ -89,6 +91,27 @@ def test_untouched_hub_checkpoint_loads(hf_cache, tmp_path, reduced_model, good_
     in_hf_cache(tmp_path, good_bytes)
     model = load(TINY_REPO, reduced_model.config)
     assert not model.training
+
+
+def test_a_verified_hub_blob_is_not_hashed_again(
+    hf_cache, tmp_path, reduced_model, good_bytes, monkeypatch
+):
+    """Its name is the SHA-256 just checked; a local file, or a blob changed since, is read."""
+    import sam2_server.engine.models as models
+
+    blob = in_hf_cache(tmp_path, good_bytes)
+    local = local_file(tmp_path, good_bytes)
+    expected = file_sha256(local)
+    fetch_checkpoint(resolve_spec(TINY_REPO, str(reduced_model.config)))  # verifies the blob
+    reads: list[Path] = []
+    monkeypatch.setattr(models, "file_sha256", lambda path: reads.append(path) or expected)
+    assert checkpoint_sha256(blob) == blob.name == expected
+    assert reads == []
+    assert checkpoint_sha256(local) == expected
+    assert reads == [local]
+    blob.write_bytes(good_bytes + b"\0")  # changed after it was verified
+    checkpoint_sha256(blob)
+    assert reads == [local, blob]
 
 
 def test_hub_blob_with_one_byte_changed_is_refused(hf_cache, tmp_path, reduced_model, good_bytes):

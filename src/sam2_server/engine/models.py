@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import threading
 import zipfile
@@ -205,12 +206,29 @@ def verify_checkpoint(path: Path, repo_id: str | None = None) -> None:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); {remedy}.")
     # The start-up presence check and the load that follows verify the same
     # file: read it once. A file changed since (size or mtime) is read again.
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = _verified_key(path, stat)
     if key in _verified:
         return
     if not _verify_hub_digest(path, remedy):
         _verify_zip_crcs(path, remedy)
     _verified.add(key)
+
+
+def _verified_key(path: Path, stat: os.stat_result | None = None) -> tuple[str, int, int]:
+    stat = stat if stat is not None else path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """The checkpoint's SHA-256, reading the file only when it is not known already.
+
+    A Hugging Face blob is named by its SHA-256, and `verify_checkpoint`
+    compared the two when it verified the blob as it is now (size, mtime).
+    """
+    blob = _hub_blob(path)
+    if blob is not None and _verified_key(path) in _verified:
+        return blob.name
+    return file_sha256(path)
 
 
 def _hub_blob(path: Path) -> Path | None:
@@ -242,7 +260,7 @@ def _verify_hub_digest(path: Path, remedy: str) -> bool:
     blob = _hub_blob(path)
     if blob is None:
         return False
-    actual = _sha256(blob)
+    actual = file_sha256(blob)
     if actual != blob.name:
         raise CheckpointError(
             f"checkpoint {path} does not match its SHA-256 (expected {blob.name[:12]}..., "
@@ -251,7 +269,7 @@ def _verify_hub_digest(path: Path, remedy: str) -> bool:
     return True
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """The file's SHA-256, read in chunks into one reused buffer (a checkpoint can be GBs)."""
     digest = hashlib.sha256()
     buffer = bytearray(_CHUNK)

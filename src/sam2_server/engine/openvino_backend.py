@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sam2_server.engine.models import checkpoint_sha256, file_sha256
 from sam2_server.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ FORMAT = 1  # bump when the converted network's inputs or outputs change
 _META = "meta.json"
 _XML = "encoder.xml"
 _BIN = "encoder.bin"
-_CHUNK = 8 * 1024 * 1024
 
 
 def require_openvino() -> str:
@@ -62,14 +62,6 @@ def default_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE).parent / "sam2-server-openvino"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -97,7 +89,7 @@ def cache_key(model_id: str, checkpoint: Path, config: str, image_size: int) -> 
     config_sha = file_sha256(config_path) if config_path.is_file() else ""
     return CacheKey(
         model_id=model_id,
-        checkpoint_sha256=file_sha256(checkpoint),
+        checkpoint_sha256=checkpoint_sha256(checkpoint),
         openvino_version=require_openvino(),
         config=config,
         config_sha256=config_sha,
