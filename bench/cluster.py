@@ -34,7 +34,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import PHOTO, SIZE, serve_args, started
-from sam2_server.engine.synthetic import write_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic: the test models
+from tests.synthetic import write_checkpoint
 
 
 def photos(count: int) -> list[bytes]:

@@ -36,7 +36,9 @@ from sam2_server.config import Settings  # noqa: E402
 from sam2_server.domain import Timings  # noqa: E402
 from sam2_server.engine import Engine, openvino_backend  # noqa: E402
 from sam2_server.engine.cpu import cpu_features  # noqa: E402
-from sam2_server.engine.synthetic import write_checkpoint  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic: the test models
+from tests.synthetic import write_checkpoint  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from precision import PROMPTS  # noqa: E402  (the same prompts as the precision benchmark)
@@ -132,7 +134,7 @@ def run_config(name: str, data: bytes, rounds: int, precision: str) -> None:
 
 
 def print_accuracy(engines: dict[str, Engine], model_id: str, data: bytes) -> None:
-    models = {k: e._models[model_id].predictor for k, e in engines.items()}
+    models = {k: e.models.images.loaded()[model_id].predictor for k, e in engines.items()}
     image = Image.open(io.BytesIO(data)).convert("RGB")
     sample = models["eager"]._transforms(image)[None]
     with torch.inference_mode():

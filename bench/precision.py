@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import numpy as np
 from sam2_server.config import Settings
 from sam2_server.domain import Prompt
 from sam2_server.engine import Engine
-from sam2_server.engine.synthetic import write_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic: the test models
+from tests.synthetic import write_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ["groceries.jpg", "truck.jpg", "cars.jpg"]

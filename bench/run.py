@@ -40,7 +40,8 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from sam2_server.engine.synthetic import REDUCED_OVERRIDES, write_checkpoint, write_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic: the test models
+from tests.synthetic import REDUCED_OVERRIDES, write_checkpoint, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO = ROOT / "tests" / "data" / "truck.jpg"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,9 @@ import torch
 from sam2_server.config import Settings
 from sam2_server.domain import VideoPrompt
 from sam2_server.engine import Engine
-from sam2_server.engine.synthetic import TINY_CONFIG, write_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic: the test models
+from tests.synthetic import TINY_CONFIG, write_checkpoint
 
 FRAMES = sorted((Path(__file__).resolve().parents[1] / "tests/data/video-bedroom").glob("*.jpg"))
 POINTS = [np.array([[300.0, 200.0]], np.float32), np.array([[700.0, 300.0]], np.float32)]
@@ -60,9 +63,9 @@ def main() -> None:
         engine.load()
         model = engine.default_model_id
         started = time.perf_counter()
-        engine._video_predictor(model)  # built on first use; not part of a session's cost
+        engine.models.video_model(model)  # built on first use; not part of a session's cost
         print(f"video predictor built in {time.perf_counter() - started:.1f} s")
-        print(f"hiera-tiny (random weights), {len(FRAMES)} frames 960x540, {engine.device}")
+        print(f"hiera-tiny (random weights), {len(FRAMES)} frames 960x540, {engine.compute.device}")
         print(f"CPU: {cpu_name()}, torch threads: {torch.get_num_threads()}")
         for objects in args.objects:
             files = [path.open("rb") for path in FRAMES]

@@ -39,7 +39,7 @@ os.environ["PRECISION"] = "fp32"
 
 import pytest  # noqa: E402
 
-from sam2_server.engine.synthetic import (  # noqa: E402
+from tests.synthetic import (  # noqa: E402
     REDUCED_OVERRIDES,
     TINY_CONFIG,
     write_checkpoint,
@@ -58,7 +58,7 @@ def cpu_cannot_bf16() -> Iterator[None]:
 
     real = cpu.cpu_features()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("sam2_server.engine.engine.cpu_features", lambda: replace(real, bf16=False))
+        patch.setattr("sam2_server.engine.compute.cpu_features", lambda: replace(real, bf16=False))
         yield
 
 

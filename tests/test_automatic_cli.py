@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2_server.automatic_cli import distinct_colours
 from sam2_server.cli import main
+from sam2_server.cli.overlay import distinct_colours
 from sam2_server.codecs.automatic import rle_to_mask
 from sam2_server.domain import AutomaticParams
 from tests.conftest import image_bytes

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from sam2_server import images
+from sam2_server.api.errors import status_of
 from sam2_server.errors import ServiceError
 from sam2_server.images import decode_image, probe_image
 from tests.conftest import image_bytes
@@ -101,7 +102,7 @@ def assert_bad_request(data: bytes, *fragments: str, max_pixels: int = LIMIT) ->
     with pytest.raises(ServiceError) as caught:
         decode_image(data, max_pixels=max_pixels)
     error = caught.value
-    assert error.status == 400
+    assert status_of(error) == 400
     assert error.message.startswith("image:"), error.message
     for fragment in fragments:
         assert fragment in error.message, error.message
@@ -403,7 +404,7 @@ def outcome(call: Callable[[], T]) -> T | ServiceError:
 
 
 def assert_client_error(error: ServiceError) -> None:
-    assert error.status == 400
+    assert status_of(error) == 400
     assert error.message.startswith("image:"), error.message
 
 

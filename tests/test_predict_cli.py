@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sam2_server.cli.common import UsageError
+from sam2_server.cli.predict import load_mask_input, parse_box, parse_point
 from sam2_server.client import pack
 from sam2_server.domain import Prompt
-from sam2_server.predict import UsageError, load_mask_input, parse_box, parse_point
 from tests.conftest import DATA, image_bytes
 from tests.e2e.process import Server, serving_local
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sam2_server.api.errors import status_of
 from sam2_server.domain import AutomaticParams
 from sam2_server.errors import ServiceError
 from sam2_server.prompts import AutomaticLimits, automatic_points, build_prompt, check_automatic
@@ -40,7 +41,7 @@ def test_any_input_gives_a_prompt_or_a_400(fields):
     else:
         error = None
     if error is not None:
-        assert error.status == 400
+        assert status_of(error) == 400
         assert any(name in error.message for name in FIELDS), error.message
         return
     if prompt.point_coords is not None:
@@ -97,6 +98,6 @@ def test_automatic_work_is_bounded_over_all_crops() -> None:
     )
     with pytest.raises(ServiceError) as refused:
         check_automatic(AutomaticParams(points_per_side=64, crop_n_layers=2), limits)
-    assert refused.value.status == 400
+    assert status_of(refused.value) == 400
     assert "86016 grid points" in refused.value.message
     assert "MAX_AUTOMATIC_POINTS" in refused.value.message

@@ -24,8 +24,13 @@ import pytest
 from PIL import Image
 
 from sam2_server.cli import main
+from sam2_server.cli.track import (
+    expected_frames,
+    group_prompts,
+    parse_frame_box,
+    parse_frame_point,
+)
 from sam2_server.domain import VideoPrompt
-from sam2_server.track import expected_frames, group_prompts, parse_frame_box, parse_frame_point
 from tests.clips import write_mp4
 from tests.conftest import VIDEO_FRAMES
 from tests.e2e.process import Server, serving_local

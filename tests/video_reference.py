@@ -19,8 +19,8 @@ from sam2.modeling import sam2_base
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from sam2_server.domain import FrameMasks
-from sam2_server.engine.synthetic import TINY_CONFIG
 from tests.conftest import VIDEO_FRAMES, VIDEO_TEST_OVERRIDES, LocalModel
+from tests.synthetic import TINY_CONFIG
 
 POINTS = np.array([[300.0, 200.0], [620.0, 310.0]], dtype=np.float32)
 LABELS = np.array([1, 0], dtype=np.int32)

@@ -7,9 +7,26 @@ engine can trust them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
+
+# -- the image id --------------------------------------------------------------------------
+
+# The native API's image id, as routes, the cluster's router and clients spell it.
+IMAGE_ID_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def image_id_of(image_bytes: bytes) -> str:
+    """The native API's image id: the SHA-256 of the uploaded bytes (also the cache key).
+
+    One definition for the engine's cache, the Livepeer route's native answer,
+    the cluster's routing key and the client, which computes it before uploading.
+    """
+    return hashlib.sha256(image_bytes).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -38,11 +55,6 @@ class Prompt:
         if self.point_coords is not None and self.point_coords.ndim == 3:
             return int(self.point_coords.shape[0])
         return 1
-
-    @property
-    def batched(self) -> bool:
-        """True when the answer carries a leading object axis (B x C x ...)."""
-        return self.num_objects > 1
 
 
 @dataclass(frozen=True)
@@ -151,28 +163,52 @@ class VideoPrompt:
 # -- automatic masks (below this line: owned by the automatic-masks work) ---------------
 
 
+def _param(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class AutomaticParams:
     """SAM2AutomaticMaskGenerator's parameters, with the library's own defaults (sam2 1.1.0).
 
+    The one list of them: the API's request schema, the CLI's flags and the
+    client's accepted names are derived from these fields and their `help`.
     The HTTP layer checks them against the server's bounds; the engine hands
     them to the library unchanged, so an answer equals `generate()`'s.
     """
 
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.8
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    mask_threshold: float = 0.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
-    use_m2m: bool = False
-    multimask_output: bool = True
+    points_per_side: int = _param(
+        32, "Grid points along each side of the image (points_per_side**2 prompts)."
+    )
+    points_per_batch: int = _param(64, "Points run through the model at once.")
+    pred_iou_thresh: float = _param(0.8, "Keep masks whose predicted IoU is above this.")
+    stability_score_thresh: float = _param(
+        0.95, "Keep masks whose stability score is at least this."
+    )
+    stability_score_offset: float = _param(
+        1.0, "Shift of the logit cutoff used to compute the stability score."
+    )
+    mask_threshold: float = _param(0.0, "Logit threshold that binarises a mask.")
+    box_nms_thresh: float = _param(0.7, "Box IoU above which duplicate masks are dropped.")
+    crop_n_layers: int = _param(0, "Layers of image crops run again (layer i has (2**i)**2 crops).")
+    crop_nms_thresh: float = _param(
+        0.7, "Box IoU above which duplicates between crops are dropped."
+    )
+    crop_overlap_ratio: float = _param(512 / 1500, "How much crops overlap, in [0, 1).")
+    crop_n_points_downscale_factor: int = _param(
+        1, "Points per side in crop layer n: points_per_side / factor**n."
+    )
+    min_mask_region_area: int = _param(
+        0,
+        "Fill holes and remove islands up to this area (low-res mask pixels). sam2 does "
+        "this with its CUDA extension and skips it without one, as does the server, "
+        "which then says so in the answer's `warnings`.",
+    )
+    use_m2m: bool = _param(False, "Refine each mask once with its own low-res logits.")
+    multimask_output: bool = _param(True, "Three candidate masks per point instead of one.")
+
+
+AUTOMATIC_PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AutomaticParams))
 
 
 @dataclass(frozen=True)
@@ -193,3 +229,12 @@ class MaskRecord:
     point_coords: list[list[float]]  # the one grid point that prompted this mask
     stability_score: float
     crop_box: list[float]  # XYWH
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> MaskRecord:
+        """From a record that has these fields (the library's, or an answer's): one
+        place names them, so the engine, the codec and the client agree."""
+        return cls(**{name: record[name] for name in MASK_RECORD_FIELDS})
+
+
+MASK_RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(MaskRecord))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image
 
-from sam2_server.errors import ServiceError, bad_request
+from sam2_server.errors import ErrorKind, ServiceError, bad_request
 from sam2_server.images import decode_image, probe_image
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class Clip:
 
 def too_many_frames(limit: int) -> ServiceError:
     return ServiceError(
-        413,
+        ErrorKind.TOO_LARGE,
         f"video: more than {limit} frames; this server's limit per session is {limit} "
         "(VIDEO_MAX_FRAMES). Upload a shorter clip, or fewer frames.",
     )

@@ -1,4 +1,9 @@
-"""The HTTP server process: uvicorn with a bounded drain on shutdown."""
+"""The HTTP server process: the app on uvicorn, with a bounded drain on shutdown.
+
+`sam2-server serve` parses its flags into `Settings` and calls `serve`; this is
+the one place that builds the app (`sam2_server.api`) around an `Engine` and
+runs it, so the command line never imports the HTTP layer itself.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,52 @@ import logging
 import os
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
 
+from sam2_server.config import configure_logging
+
+if TYPE_CHECKING:
+    from sam2_server.config import Settings
+
 logger = logging.getLogger("sam2_server")
+
+
+def serve(settings: Settings) -> NoReturn:
+    """Serve until SIGTERM/SIGINT, then end the process at once with the exit status
+    (0, or 1 after --exit-on-load-error). Raises `ConfigError` before serving when the
+    engine refuses a setting (a device that is not there)."""
+    from sam2_server.api import create_app  # no torch there
+
+    configure_logging(settings)
+    limit_malloc_arenas()
+    from sam2_server.engine import Engine
+
+    engine = Engine(settings)
+    if settings.auth_token is None:
+        logger.warning(
+            "auth is off: AUTH_TOKEN is not set, so anyone who can reach port %d can use "
+            "this server",
+            settings.port,
+        )
+    config = uvicorn.Config(
+        create_app(settings, engine),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # sam2_server.access logs one structured line per request
+        # uvicorn annotates an int; it hands the value to asyncio.timeout, which takes a float.
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
+    )
+    server = DrainingServer(config, drain_timeout_s=settings.drain_timeout_s)
+    if settings.exit_on_load_error:
+        engine.on_load_error = server.fail
+    server.run()
+    # Worker threads may still be computing for requests the drain gave up on;
+    # they must not keep the process alive (asyncio would join them).
+    logging.shutdown()
+    os._exit(server.exit_code)
 
 
 class DrainingServer(uvicorn.Server):

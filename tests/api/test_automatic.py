@@ -99,13 +99,13 @@ def assert_same_records(masks: list[dict], want: list[dict]) -> None:
 
 def test_records_equal_the_librarys_generate(client, uploaded, library, reduced_engine):
     params = {"points_per_side": 3, **RELAXED}
-    before = reduced_engine.encoded_images
+    before = reduced_engine.encoder.encoded_images
     answer = automatic(client, uploaded, **params)
     want = library(**params)
     assert len(want) >= 20  # 9 points x 3 candidates, none dropped
     assert_same_records(answer["masks"], want)
     assert answer["model_id"] == reduced_engine.default_model_id
-    assert reduced_engine.encoded_images == before  # the cached embedding, no encoder run
+    assert reduced_engine.encoder.encoded_images == before  # the cached embedding, no encoder run
     segmentation = answer["masks"][0]["segmentation"]
     assert segmentation["size"] == [HEIGHT, WIDTH]
     assert isinstance(segmentation["counts"], str)
@@ -128,7 +128,7 @@ def test_png_masks_are_the_librarys_masks(client, uploaded, library):
 
 def test_other_thresholds_cost_no_encoder_run(client, uploaded, library, reduced_engine):
     params = {"points_per_side": 2, **RELAXED}
-    before = reduced_engine.encoded_images
+    before = reduced_engine.encoder.encoded_images
     first = automatic(client, uploaded, **params)["masks"]
     assert_same_records(first, library(**params))
     threshold = float(np.median([m["predicted_iou"] for m in first]))
@@ -136,7 +136,7 @@ def test_other_thresholds_cost_no_encoder_run(client, uploaded, library, reduced
     # Without NMS (box_nms_thresh 1) a higher threshold keeps a subset, in order.
     assert second == [m for m in first if m["predicted_iou"] > threshold]
     assert 0 < len(second) < len(first)
-    assert reduced_engine.encoded_images == before
+    assert reduced_engine.encoder.encoded_images == before
 
 
 def test_crop_layers_equal_the_library(client, uploaded, library, reduced_engine):
@@ -147,12 +147,12 @@ def test_crop_layers_equal_the_library(client, uploaded, library, reduced_engine
         "crop_nms_thresh": 1.0,
         **RELAXED,
     }
-    before = reduced_engine.encoded_images
+    before = reduced_engine.encoder.encoded_images
     answer = automatic(client, uploaded, **params)
     assert_same_records(answer["masks"], library(**params))
     assert answer["masks"]
     # The whole image from the cache; only the 4 crops of layer 1 are encoded.
-    assert reduced_engine.encoded_images == before + 4
+    assert reduced_engine.encoder.encoded_images == before + 4
 
 
 def test_m2m_and_single_mask_equal_the_library(client, uploaded, library):
@@ -171,7 +171,7 @@ def test_min_mask_region_area_is_the_librarys_and_says_when_skipped(
     params = {"points_per_side": 2, "min_mask_region_area": 20, **RELAXED}
     answer = automatic(client, uploaded, **params)
     assert_same_records(answer["masks"], library(**params))
-    if small_region_filter_available(reduced_engine.device):  # a CUDA build of sam2
+    if small_region_filter_available(reduced_engine.compute.device):  # a CUDA build of sam2
         assert "warnings" not in answer
     else:
         (warning,) = answer["warnings"]

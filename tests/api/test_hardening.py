@@ -13,8 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sam2_server.api import create_app
-from sam2_server.api import routes as routes_module
+from sam2_server.api import livepeer as livepeer_module
 from sam2_server.api.admission import Admission, estimate_work_bytes
+from sam2_server.api.errors import headers_of, status_of
 from sam2_server.codecs import encode_livepeer, estimate_livepeer_bytes
 from sam2_server.errors import ServiceError
 from tests.api.test_errors import PNG, assert_error, tiny_png
@@ -263,8 +264,8 @@ def test_admission_queues_in_order_then_refuses_with_retry_after():
         assert admission.queued == 2
         with pytest.raises(ServiceError) as info:
             await admission.acquire(1)
-        assert info.value.status == 503
-        assert info.value.headers["Retry-After"]
+        assert status_of(info.value) == 503
+        assert headers_of(info.value)["Retry-After"]
         first.release()
         await asyncio.gather(*waiters)
         assert order == ["a", "b"]
@@ -317,7 +318,7 @@ def test_large_answers_are_streamed_and_identical(client, reduced_engine, monkey
     image = ("s.png", tiny_png((120, 90)), "image/png")
     whole = client.post(PATH, data=points(2), files={"image": image})
     assert "content-length" in whole.headers
-    monkeypatch.setattr(routes_module, "STREAM_ABOVE_BYTES", 1000)
+    monkeypatch.setattr(livepeer_module, "STREAM_ABOVE_BYTES", 1000)
     streamed = client.post(PATH, data=points(2), files={"image": image})
     assert streamed.status_code == 200
     assert streamed.headers.get("transfer-encoding") == "chunked" or (

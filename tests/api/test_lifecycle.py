@@ -13,7 +13,7 @@ from sam2_server import __version__
 from sam2_server.api import create_app
 from sam2_server.config import Settings
 from sam2_server.domain import Prediction, Prompt
-from sam2_server.errors import ServiceError
+from sam2_server.errors import ErrorKind, ServiceError
 from tests.api.test_errors import PNG, assert_error
 
 
@@ -46,7 +46,7 @@ class SlowLoader:
 
     def segment(self, model_id: str, image_bytes: bytes, prompt: Prompt, **_) -> Prediction:
         if self.error:
-            raise ServiceError(503, f"{model_id} is unavailable: {self.error}")
+            raise ServiceError(ErrorKind.UNAVAILABLE, f"{model_id} is unavailable: {self.error}")
         ones = np.ones((3, 2, 2), np.float32)
         return Prediction(ones, np.array([0.9, 0.5, 0.1], np.float32), ones)
 

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from sam2_server.api.errors import headers_of, status_of
 from sam2_server.domain import FrameMasks
 from tests.clips import rotate_mp4, write_mp4
 from tests.conftest import VIDEO_FRAMES
@@ -253,7 +254,8 @@ def test_sessions_are_bounded_in_number(video_client: TestClient) -> None:
 
 def test_sessions_are_bounded_in_memory_and_expire(video_engine) -> None:
     """A private VideoSessions on the engine's model: a small budget and a short idle time."""
-    from sam2_server.engine.video import FrameStore, VideoSessions
+    from sam2_server.engine.video import VideoSessions
+    from sam2_server.engine.video_predictor import FrameStore
     from sam2_server.errors import ServiceError
 
     frame = FrameStore.frame_bytes(256)
@@ -262,9 +264,9 @@ def test_sessions_are_bounded_in_memory_and_expire(video_engine) -> None:
     )
     sessions = VideoSessions(
         settings,
-        video_engine._video_predictor,
-        video_engine._compute_context,
-        video_engine._video_locks.__getitem__,
+        video_engine.models.video_model,
+        video_engine.compute.context,
+        video_engine.models.video_locks.__getitem__,
     )
     model = video_engine.default_model_id
 
@@ -278,13 +280,13 @@ def test_sessions_are_bounded_in_memory_and_expire(video_engine) -> None:
 
     with pytest.raises(ServiceError) as too_big:
         open_frames(8)
-    assert too_big.value.status == 413
+    assert status_of(too_big.value) == 413
     assert "VIDEO_MEMORY_BYTES" in too_big.value.message
     first = open_frames(3)
     with pytest.raises(ServiceError) as full:
         open_frames(3)
-    assert full.value.status == 503
-    assert full.value.headers == {"Retry-After": "30"}
+    assert status_of(full.value) == 503
+    assert headers_of(full.value) == {"Retry-After": "30"}
     assert sessions.stats()["bytes"] >= 3 * frame
 
     deadline = time.monotonic() + 10
@@ -294,7 +296,7 @@ def test_sessions_are_bounded_in_memory_and_expire(video_engine) -> None:
     assert sessions.stats()["expired"] == 1
     with pytest.raises(ServiceError) as gone:
         sessions.get(first)
-    assert gone.value.status == 404
+    assert status_of(gone.value) == 404
     assert open_frames(3)  # the memory came back
 
 

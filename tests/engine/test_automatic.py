@@ -29,7 +29,7 @@ def engine(reduced_engine):
 
 
 def test_the_embedding_keeps_its_upload(engine):
-    embedding = engine.cache.peek((engine.default_model_id, IMAGE_ID))
+    embedding = engine.encoder.cache.peek((engine.default_model_id, IMAGE_ID))
     assert embedding is not None
     assert embedding.image_bytes == DATA
     tensors = (embedding.image_embed, *embedding.high_res_feats)
@@ -38,10 +38,10 @@ def test_the_embedding_keeps_its_upload(engine):
 
 
 def test_a_client_gone_before_the_work_stops_it(engine):
-    before = engine.encoded_images
+    before = engine.encoder.encoded_images
     with pytest.raises(Cancelled):
         engine.automatic_masks(engine.default_model_id, IMAGE_ID, PARAMS, cancelled=lambda: True)
-    assert engine.encoded_images == before
+    assert engine.encoder.encoded_images == before
 
 
 def test_a_client_gone_during_the_work_stops_it_at_the_next_batch(engine):

@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
+from sam2_server.engine.cache import EmbeddingCache
 
 from sam2_server.domain import Prompt
 from sam2_server.engine import Engine
-from sam2_server.engine.cache import EmbeddingCache
 from sam2_server.engine.cpu import CpuFeatures
 from tests.conftest import image_bytes
 
@@ -180,28 +180,28 @@ def test_answers_with_and_without_cache_are_identical(reduced_engine, uncached_e
                 strict=True,
             ):
                 np.testing.assert_array_equal(a, b)
-    assert uncached_engine.cache.stats().entries == 0
+    assert uncached_engine.encoder.cache.stats().entries == 0
 
 
 def test_a_hit_skips_decoding_and_encoding(reduced_engine, monkeypatch):
     model = reduced_engine.default_model_id
     data = png(1001)
     first = reduced_engine.embed(model, data)
-    encoded = reduced_engine.encoded_images
+    encoded = reduced_engine.encoder.encoded_images
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a cache hit decoded or encoded the image")
 
-    monkeypatch.setattr("sam2_server.engine.engine.decode_image", must_not_run)
+    monkeypatch.setattr("sam2_server.engine.encoding.decode_image", must_not_run)
     monkeypatch.setattr(SAM2ImagePredictor, "set_image", must_not_run)
     assert reduced_engine.embed(model, data) is first
-    assert reduced_engine.encoded_images == encoded
+    assert reduced_engine.encoder.encoded_images == encoded
 
 
 def test_concurrent_requests_on_one_new_image_encode_once(reduced_engine):
     model = reduced_engine.default_model_id
     data = png(1002)
-    encoded = reduced_engine.encoded_images
+    encoded = reduced_engine.encoder.encoded_images
     start = threading.Barrier(2)
     results = []
 
@@ -215,7 +215,7 @@ def test_concurrent_requests_on_one_new_image_encode_once(reduced_engine):
     for thread in threads:
         thread.join()
     assert len(results) == 2
-    assert reduced_engine.encoded_images == encoded + 1
+    assert reduced_engine.encoder.encoded_images == encoded + 1
 
 
 def test_eviction_does_not_break_a_request_in_flight(reduced_settings):
@@ -225,7 +225,7 @@ def test_eviction_does_not_break_a_request_in_flight(reduced_settings):
     held = engine.embed(model, png(1))
     expected = engine.decode(held, PROMPTS[0])
     engine.embed(model, png(2))  # evicts the first
-    assert engine.cache.stats().evictions == 1
+    assert engine.encoder.cache.stats().evictions == 1
     again = engine.decode(held, PROMPTS[0])
     np.testing.assert_array_equal(again.masks, expected.masks)
 
@@ -289,7 +289,7 @@ def test_bf16_autocast_stays_close_to_fp32(reduced_settings, reduced_engine, mon
     have it, so that it runs (emulated) on any CI machine.
     """
     native = CpuFeatures.from_flags({"avx2", "avx512f", "avx512_bf16"}, "test CPU")
-    monkeypatch.setattr("sam2_server.engine.engine.cpu_features", lambda: native)
+    monkeypatch.setattr("sam2_server.engine.compute.cpu_features", lambda: native)
     engine = Engine(reduced_settings.with_(precision="bf16", cache_bytes=0))
     engine.load()
     assert engine.stats()["precision"] == "bf16"

@@ -71,11 +71,11 @@ def test_read_cpuinfo(tmp_path):
 
 
 def test_engine_refuses_bf16_at_start_on_this_kind_of_cpu(reduced_settings, monkeypatch):
-    monkeypatch.setattr("sam2_server.engine.engine.cpu_features", lambda: AVX2)
+    monkeypatch.setattr("sam2_server.engine.compute.cpu_features", lambda: AVX2)
     with pytest.raises(ConfigError, match="PRECISION=bf16 needs a CPU"):
         Engine(reduced_settings.with_(precision="bf16"))
     engine = Engine(reduced_settings.with_(precision="auto"))  # nothing loaded: cheap
-    assert engine.bf16 is False
+    assert engine.compute.bf16 is False
     stats = engine.stats()
     assert stats["precision"] == "fp32"
     assert stats["encoder_backend"] == "torch"
@@ -89,7 +89,7 @@ def test_engine_refuses_bf16_at_start_on_this_kind_of_cpu(reduced_settings, monk
 
 
 def test_engine_takes_bf16_on_a_native_bf16_cpu(reduced_settings, monkeypatch):
-    monkeypatch.setattr("sam2_server.engine.engine.cpu_features", lambda: SAPPHIRE_RAPIDS)
+    monkeypatch.setattr("sam2_server.engine.compute.cpu_features", lambda: SAPPHIRE_RAPIDS)
     engine = Engine(reduced_settings.with_(precision="bf16"))
-    assert engine.bf16 is True
+    assert engine.compute.bf16 is True
     assert engine.stats()["cpu_features"]["amx"] is True

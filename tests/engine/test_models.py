@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sam2_server.api.errors import status_of
 from sam2_server.config import Settings
 from sam2_server.domain import Prompt
 from sam2_server.engine import Engine
@@ -98,7 +99,7 @@ def test_checkpoint_that_does_not_match_config(reduced_model):
 
 def test_cpu_is_fp32(reduced_engine):
     assert select_device() == torch.device("cpu") or torch.cuda.is_available()
-    model = reduced_engine._models[reduced_engine.default_model_id].predictor.model
+    model = reduced_engine.models.images.loaded()[reduced_engine.default_model_id].predictor.model
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
@@ -129,4 +130,4 @@ def test_unloaded_model_is_503(reduced_engine):
     stray = Embedding("not-served", torch.zeros(1), (), (1, 1))
     with pytest.raises(ServiceError) as info:
         reduced_engine.decode(stray, Prompt())
-    assert info.value.status == 503
+    assert status_of(info.value) == 503

@@ -21,10 +21,10 @@ pytest.importorskip("openvino")
 
 from sam2_server.domain import AutomaticParams, Prompt
 from sam2_server.engine import Engine, openvino_backend
-from sam2_server.engine.engine import _check_openvino
-from sam2_server.engine.synthetic import write_checkpoint
+from sam2_server.engine.compute import _check_openvino
 from sam2_server.errors import ConfigError
 from tests.conftest import VIDEO_TEST_OVERRIDES, image_bytes
+from tests.synthetic import write_checkpoint
 
 LOGITS_ATOL = 1e-4  # max abs difference of any logit, low-res or full-size
 PROMPTS = [
@@ -87,11 +87,15 @@ def test_answers_match_pytorch(engines):
 
 def test_the_encoder_is_replaced_and_stats_say_so(engines):
     _, ov_engine = engines
-    model = ov_engine._models[ov_engine.default_model_id].predictor.model
+    model = ov_engine.models.images.loaded()[ov_engine.default_model_id].predictor.model
     assert isinstance(model.image_encoder, openvino_backend.OpenVinoImageEncoder)
     # The PyTorch encoder's weights are gone; the model's bytes count OpenVINO's.
     assert not any(n.startswith("image_encoder.") for n, _ in model.named_parameters())
-    assert ov_engine._models[ov_engine.default_model_id].nbytes > model.image_encoder.nbytes > 0
+    assert (
+        ov_engine.models.images.loaded()[ov_engine.default_model_id].nbytes
+        > model.image_encoder.nbytes
+        > 0
+    )
     stats = ov_engine.stats()
     assert stats["encoder_backend"] == "openvino"
     assert stats["precision"] == "fp32"
@@ -105,7 +109,9 @@ def test_a_batch_encodes_image_by_image(engines):
     names = ("groceries.jpg", "truck.jpg")
     singles = [ov_engine.embed(model_id, image_bytes(name)) for name in names]
     pictures = [Image.open(io.BytesIO(image_bytes(name))).convert("RGB") for name in names]
-    batched = ov_engine._encode_batch(ov_engine._models[model_id], model_id, pictures)
+    batched = ov_engine.encoder.encode_batch(
+        ov_engine.models.images.loaded()[model_id], model_id, pictures
+    )
     for one, many in zip(singles, batched, strict=True):
         torch.testing.assert_close(many.image_embed, one.image_embed, atol=1e-5, rtol=1e-5)
 
@@ -127,7 +133,7 @@ def test_automatic_masks_with_crops_match_pytorch(engines):
 
 def test_video_keeps_the_pytorch_encoder(engines):
     _, ov_engine = engines
-    video = ov_engine._video_predictor(ov_engine.default_model_id)
+    video = ov_engine.models.video_model(ov_engine.default_model_id)
     assert not isinstance(video.image_encoder, openvino_backend.OpenVinoImageEncoder)
 
 

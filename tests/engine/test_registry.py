@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-import sam2_server.engine.engine as engine_module
+import sam2_server.engine.loading as loading_module
+from sam2_server.api.errors import headers_of, status_of
 from sam2_server.config import Settings
 from sam2_server.domain import Prediction, Prompt
 from sam2_server.engine import Engine
@@ -76,13 +77,13 @@ def states(engine: Engine) -> dict[str, str]:
 def count_builds(monkeypatch) -> list[str]:
     """Every full model load, by model id (build_model as the engine calls it)."""
     built: list[str] = []
-    original = engine_module.build_model
+    original = loading_module.build_model
 
     def counting(spec, checkpoint, device):
         built.append(spec.model_id)
         return original(spec, checkpoint, device)
 
-    monkeypatch.setattr(engine_module, "build_model", counting)
+    monkeypatch.setattr(loading_module, "build_model", counting)
     return built
 
 
@@ -109,9 +110,9 @@ def test_missing_model_is_unavailable_and_the_others_serve_lazily(
 
     with pytest.raises(ServiceError) as info:
         engine.segment(missing, png(1), PROMPT)
-    assert info.value.status == 503
+    assert status_of(info.value) == 503
     assert info.value.message.startswith(f"{missing} is unavailable: ")
-    assert "Retry-After" not in info.value.headers
+    assert "Retry-After" not in headers_of(info.value)
 
     data = png(2)
     expected = reduced_engine.segment(reduced_engine.default_model_id, data, PROMPT)
@@ -140,7 +141,7 @@ def test_missing_default_leaves_the_others_serving(reduced_model, copies, count_
     assert count_builds == []
     with pytest.raises(ServiceError) as info:
         engine.segment(engine.default_model_id, png(3), PROMPT)
-    assert info.value.status == 503
+    assert status_of(info.value) == 503
     assert engine.segment(copies["b"], png(3), PROMPT).masks.shape == (3, 64, 96)
 
 
@@ -156,7 +157,7 @@ def test_a_model_that_fails_on_first_use_is_unavailable_alone(reduced_model, cop
 
     with pytest.raises(ServiceError) as info:
         engine.segment(str(broken), png(4), PROMPT)
-    assert info.value.status == 503
+    assert status_of(info.value) == 503
     assert info.value.message.startswith(f"{broken} is unavailable: ")
     assert "\n" not in info.value.message
     assert [model_id for model_id, _ in failures] == [str(broken)]
@@ -192,13 +193,13 @@ def test_concurrent_first_requests_load_a_model_once(
     a, b = copies["a"], copies["b"]
     engine = make_engine(reduced_model, a, b)
     engine.load()
-    counting = engine_module.build_model
+    counting = loading_module.build_model
 
     def slow(spec, checkpoint, device):  # every request arrives while the load runs
         time.sleep(0.5)
         return counting(spec, checkpoint, device)
 
-    monkeypatch.setattr(engine_module, "build_model", slow)
+    monkeypatch.setattr(loading_module, "build_model", slow)
     start = threading.Barrier(4)
     results: list[Prediction] = []
 
@@ -233,9 +234,9 @@ def test_least_recently_used_model_is_unloaded_past_the_budget(
     assert memory["evictions"] == 1
     assert memory["bytes"] == one_model <= memory["max_bytes"]
 
-    encoded = engine.encoded_images
+    encoded = engine.encoder.encoded_images
     assert_same(engine.segment(a, cached, PROMPT), first)  # reloaded; its embedding kept
-    assert engine.encoded_images == encoded
+    assert engine.encoder.encoded_images == encoded
     assert_same(
         engine.segment(a, fresh, PROMPT),
         reduced_engine.segment(reduced_engine.default_model_id, fresh, PROMPT),
@@ -277,7 +278,7 @@ def test_cancelled_before_work_starts(reduced_model, copies, count_builds):
     a, b = copies["a"], copies["b"]
     engine = make_engine(reduced_model, a, b)
     engine.load()
-    misses = engine.cache.stats().misses
+    misses = engine.encoder.cache.stats().misses
 
     with pytest.raises(Cancelled):  # before the model loads
         engine.segment(b, png(12), PROMPT, cancelled=lambda: True)
@@ -286,14 +287,14 @@ def test_cancelled_before_work_starts(reduced_model, copies, count_builds):
 
     with pytest.raises(Cancelled):  # before the image is decoded and encoded
         engine.segment(a, png(12), PROMPT, cancelled=lambda: True)
-    assert engine.encoded_images == 0
-    assert engine.cache.stats().misses == misses
+    assert engine.encoder.encoded_images == 0
+    assert engine.encoder.cache.stats().misses == misses
 
     answers = iter([False, True])  # the client leaves during the encode
     with pytest.raises(Cancelled):  # before the prompt decode; the encode ran to its end
         engine.segment(a, png(12), PROMPT, cancelled=lambda: next(answers))
-    assert engine.encoded_images == 1
-    assert engine.cache.stats().entries == 1
+    assert engine.encoder.encoded_images == 1
+    assert engine.encoder.cache.stats().entries == 1
 
     assert engine.segment(a, png(12), PROMPT, cancelled=lambda: False).masks.shape[0] == 3
 
@@ -302,15 +303,15 @@ def test_requests_before_load_ends_are_told_to_retry(reduced_model, copies):
     engine = make_engine(reduced_model, copies["a"])
     with pytest.raises(ServiceError) as info:
         engine.segment(copies["a"], png(13), PROMPT)
-    assert info.value.status == 503
-    assert info.value.headers == {"Retry-After": "5"}
+    assert status_of(info.value) == 503
+    assert headers_of(info.value) == {"Retry-After": "5"}
 
 
 def test_image_size_reads_the_header(reduced_engine):
     assert reduced_engine.image_size(png(14, size=(120, 40))) == (120, 40)
     with pytest.raises(ServiceError) as info:
         reduced_engine.image_size(b"not an image")
-    assert info.value.status == 400
+    assert status_of(info.value) == 400
 
 
 # -- the registry on its own (no torch: instant) ---------------------------------------------

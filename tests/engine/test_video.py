@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from sam2_server.api.errors import status_of
 from sam2_server.domain import FrameMasks, VideoPrompt
 from sam2_server.errors import ServiceError
 from tests.conftest import VIDEO_FRAMES, LocalModel
@@ -87,7 +88,7 @@ def test_a_session_is_owned_by_one_call_at_a_time(video_engine, session: str) ->
     assert first.frame_index == 0
     with pytest.raises(ServiceError) as busy:
         videos.prompt(session, VideoPrompt(1, 1, POINTS, LABELS, None))
-    assert busy.value.status == 409
+    assert status_of(busy.value) == 409
     steps.close()  # what a client that leaves does: the session is free again
     assert videos.prompt(session, VideoPrompt(1, 1, POINTS, LABELS, None)).frame_index == 1
 
@@ -99,14 +100,14 @@ def test_remove_reset_and_close(video_engine, session: str) -> None:
     assert videos.remove_object(session, 1).objects == (7,)
     with pytest.raises(ServiceError) as unknown:
         videos.remove_object(session, 1)
-    assert unknown.value.status == 404
+    assert status_of(unknown.value) == 404
     frames = list(videos.propagate(session, None, 1, False))
     assert [f.object_ids for f in frames] == [(7,), (7,)]
     assert videos.reset(session).objects == ()
     with pytest.raises(ServiceError) as nothing:
         videos.propagate(session, None, None, False)
-    assert nothing.value.status == 400
+    assert status_of(nothing.value) == 400
     videos.close(session)
     with pytest.raises(ServiceError) as gone:
         videos.get(session)
-    assert gone.value.status == 404
+    assert status_of(gone.value) == 404

@@ -63,7 +63,7 @@ def local_file(tmp_path: Path, data: bytes) -> Path:
 
 
 def load(model_id: str, config: Path) -> torch.nn.Module:
-    """What `Engine._load_one` does, minus the predictor."""
+    """What `Models._load_image_model` does, minus the predictor."""
     spec = resolve_spec(model_id, str(config))
     return build_model(spec, fetch_checkpoint(spec), CPU)
 

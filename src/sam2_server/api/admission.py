@@ -17,7 +17,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
-from sam2_server.errors import ServiceError
+from sam2_server.errors import ErrorKind, ServiceError
 
 # Floats held at once per answer element: SAM2's upsampled logits, the copy
 # `predict` makes for numpy, the best-first sorted copy, and slack for
@@ -79,9 +79,9 @@ class Admission:
             return self._grant(cost)
         if len(self._waiting) >= self.max_queue:
             raise ServiceError(
-                503,
+                ErrorKind.UNAVAILABLE,
                 "The server is at capacity; retry shortly.",
-                headers={"Retry-After": str(self.retry_after_s)},
+                retry_after_s=self.retry_after_s,
             )
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (cost, future)

@@ -21,12 +21,21 @@ from sam2_server.api.admission import Admission
 from sam2_server.api.automatic import build_automatic_router
 from sam2_server.api.errors import install_error_handlers
 from sam2_server.api.guard import RequestGuard
-from sam2_server.api.hardware import HARDWARE_PATHS, build_hardware_router
-from sam2_server.api.native import IMAGES_PATH, build_native_router
+from sam2_server.api.hardware import build_hardware_router
+from sam2_server.api.livepeer import ARRAY_FIELDS, build_livepeer_router
+from sam2_server.api.native import build_native_router
 from sam2_server.api.observe import Metrics, Observer
-from sam2_server.api.routes import ARRAY_FIELDS, OPS_PATHS, ROUTES, SEGMENT_PATH, build_router
+from sam2_server.api.operations import build_operations_router
+from sam2_server.api.paths import (
+    HARDWARE_PATHS,
+    IMAGES_PATH,
+    OPS_PATHS,
+    ROUTES,
+    SEGMENT_PATH,
+    VIDEOS_PATH,
+)
 from sam2_server.api.service import Segmenter
-from sam2_server.api.videos import VIDEOS_PATH, build_video_router
+from sam2_server.api.videos import build_video_router
 from sam2_server.api.web import build_web_router
 from sam2_server.config import GIB, Settings, machine_memory_bytes
 
@@ -57,7 +66,8 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
     app.state.settings = settings
     app.state.admission = admission
     app.state.metrics = metrics
-    app.include_router(build_router(settings, admission, metrics))
+    app.include_router(build_livepeer_router(settings, admission))
+    app.include_router(build_operations_router(admission, metrics))
     app.include_router(build_hardware_router())
     app.include_router(build_native_router(settings, admission))
     app.include_router(build_automatic_router(settings, admission))

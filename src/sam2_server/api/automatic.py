@@ -12,25 +12,23 @@ admission and the error shape are the other native routes' (`pipeline.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, create_model, field_validator
 
 from sam2_server.api.admission import Admission, Ticket, estimate_work_bytes
-from sam2_server.api.native import (
-    IMAGES_PATH,
-    NATIVE_RESPONSES,
-    SegmenterDep,
-    cached_image,
-    check_image_id,
-)
-from sam2_server.api.pipeline import check_model, request_record, require_ready, run_admitted
-from sam2_server.api.routes import bearer_scheme, serialise
+from sam2_server.api.deps import SegmenterDep, bearer_scheme
+from sam2_server.api.native_fields import ImageId, ready_image, start_by_id
+from sam2_server.api.paths import IMAGES_PATH
+from sam2_server.api.pipeline import run_admitted
+from sam2_server.api.responses import serialise
+from sam2_server.api.schemas import NATIVE_RESPONSES
 from sam2_server.codecs.automatic import automatic_answer, estimate_answer_bytes
 from sam2_server.config import Settings, machine_memory_bytes
 from sam2_server.domain import AutomaticParams, ImageInfo, MaskRecord, Timings
@@ -49,77 +47,43 @@ DECODER_BYTES_PER_POINT = 28 * MIB
 # i.e. about 3.9 bytes per candidate pixel; this allows 4.5.
 BYTES_PER_CANDIDATE_PIXEL = 4.5
 
-_DEFAULTS = AutomaticParams()
-
-
 logger = logging.getLogger(__name__)
 
 
-class AutomaticMasksRequest(BaseModel):
+class _RequestFields(BaseModel):
     """SAM2AutomaticMaskGenerator's parameters, with the library's defaults."""
 
     model_id: str = Field("", description="Empty: the server's default model.")
     mask_format: Literal["rle", "png"] = Field(
         "rle", description="`rle`: COCO RLE {size, counts}; `png`: base64 grayscale PNG."
     )
-    points_per_side: int = Field(
-        _DEFAULTS.points_per_side,
-        description="Grid points along each side of the image (points_per_side**2 prompts).",
-    )
-    points_per_batch: int = Field(
-        _DEFAULTS.points_per_batch, description="Points run through the model at once."
-    )
-    pred_iou_thresh: float = Field(
-        _DEFAULTS.pred_iou_thresh, description="Keep masks whose predicted IoU is above this."
-    )
-    stability_score_thresh: float = Field(
-        _DEFAULTS.stability_score_thresh,
-        description="Keep masks whose stability score is at least this.",
-    )
-    stability_score_offset: float = Field(
-        _DEFAULTS.stability_score_offset,
-        description="Shift of the logit cutoff used to compute the stability score.",
-    )
-    mask_threshold: float = Field(
-        _DEFAULTS.mask_threshold, description="Logit threshold that binarises a mask."
-    )
-    box_nms_thresh: float = Field(
-        _DEFAULTS.box_nms_thresh, description="Box IoU above which duplicate masks are dropped."
-    )
-    crop_n_layers: int = Field(
-        _DEFAULTS.crop_n_layers,
-        description="Layers of image crops run again (layer i has (2**i)**2 crops).",
-    )
-    crop_nms_thresh: float = Field(
-        _DEFAULTS.crop_nms_thresh,
-        description="Box IoU above which duplicates between crops are dropped.",
-    )
-    crop_overlap_ratio: float = Field(
-        _DEFAULTS.crop_overlap_ratio, description="How much crops overlap, in [0, 1)."
-    )
-    crop_n_points_downscale_factor: int = Field(
-        _DEFAULTS.crop_n_points_downscale_factor,
-        description="Points per side in crop layer n: points_per_side / factor**n.",
-    )
-    min_mask_region_area: int = Field(
-        _DEFAULTS.min_mask_region_area,
-        description=(
-            "Fill holes and remove islands up to this area (low-res mask pixels). sam2 does "
-            "this with its CUDA extension and skips it without one, as does the server, "
-            "which then says so in the answer's `warnings`."
-        ),
-    )
-    use_m2m: bool = Field(
-        _DEFAULTS.use_m2m, description="Refine each mask once with its own low-res logits."
-    )
-    multimask_output: bool = Field(
-        _DEFAULTS.multimask_output, description="Three candidate masks per point instead of one."
-    )
 
     @field_validator("model_id", mode="before")
     @classmethod
     def _none_is_default(cls, value: Any) -> Any:
         return "" if value is None else value
+
+
+def _generator_fields() -> dict[str, Any]:
+    """The generator's parameters as request fields: names, types, defaults and
+    descriptions all from `AutomaticParams`, their one home."""
+    types = get_type_hints(AutomaticParams)
+    return {
+        param.name: (types[param.name], Field(param.default, description=param.metadata["help"]))
+        for param in dataclasses.fields(AutomaticParams)
+    }
+
+
+if TYPE_CHECKING:  # the checker sees the base; FastAPI reads the full model
+    AutomaticMasksRequest = _RequestFields
+else:
+    AutomaticMasksRequest = create_model(
+        "AutomaticMasksRequest",
+        __base__=_RequestFields,
+        __doc__=_RequestFields.__doc__,
+        __module__=__name__,
+        **_generator_fields(),
+    )
 
 
 class CocoRle(BaseModel):
@@ -174,16 +138,12 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
     async def automatic_masks(
         request: Request,
         segmenter: SegmenterDep,
-        image_id: Annotated[str, Path(description="SHA-256 (hex) of the image's bytes.")],
+        image_id: ImageId,
         body: AutomaticMasksRequest,
     ) -> Response:
-        record = request_record(request)
-        model = check_model(segmenter, body.model_id)
-        record.details["model"] = model
-        check_image_id(image_id, model)
+        record, model = start_by_id(request, segmenter, body.model_id, image_id)
         params = automatic_params(body, settings)
-        require_ready(segmenter)
-        info = await cached_image(segmenter, model, image_id)
+        info = await ready_image(segmenter, model, image_id)
         record.details.update(
             width=info.width,
             height=info.height,

@@ -1,7 +1,9 @@
 """Every error leaves as JSON in the contract's shape, from one place.
 
 400/401/413/500/503 are `{"detail": {"msg": ...}}` (a plain-string `detail`
-breaks the go-livepeer client); 422 keeps FastAPI's validation shape.
+breaks the go-livepeer client); 422 keeps FastAPI's validation shape. The
+layers below raise errors by kind (`sam2_server.errors`); `STATUS` is the one
+table that says which status each kind is on the wire.
 """
 
 from __future__ import annotations
@@ -19,9 +21,47 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from sam2_server.api.guard import error_body
-from sam2_server.errors import PIPELINE_ERROR, Cancelled, ServiceError, field_too_large
+from sam2_server.errors import (
+    PIPELINE_ERROR,
+    Cancelled,
+    ErrorKind,
+    ImageNotCached,
+    ServiceError,
+    field_too_large,
+)
 
 logger = logging.getLogger(__name__)
+
+STATUS: dict[ErrorKind, int] = {
+    ErrorKind.BAD_INPUT: 400,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.BUSY: 409,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.INTERNAL: 500,
+    ErrorKind.UNAVAILABLE: 503,
+}
+
+# What the engine cannot say without knowing the routes: how to get past it.
+_REMEDY: dict[type[ServiceError], str] = {
+    ImageNotCached: "; upload it again with POST /v1/images.",
+}
+
+
+def status_of(exc: ServiceError) -> int:
+    return STATUS[exc.kind]
+
+
+def message_of(exc: ServiceError) -> str:
+    """The client's message: the error's own, and the remedy where the route knows one."""
+    return exc.message + _REMEDY.get(type(exc), "")
+
+
+def headers_of(exc: ServiceError) -> dict[str, str]:
+    return {} if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+
+
+def service_error_response(exc: ServiceError) -> Response:
+    return json_error(status_of(exc), message_of(exc), headers_of(exc))
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -30,16 +70,15 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
 
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    if exc.status >= 500:
+    if status_of(exc) >= 500:
         logger.error("%s %s: %s", request.method, request.url.path, exc.message)
-    return json_error(exc.status, exc.message, exc.headers)
+    return service_error_response(exc)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if _is_field_too_large(exc):
-        too_large = field_too_large(request.app.state.settings.max_field_bytes)
-        return json_error(too_large.status, too_large.message)
+        return service_error_response(field_too_large(request.app.state.settings.max_field_bytes))
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     return json_error(exc.status_code, message, dict(exc.headers or {}))
 

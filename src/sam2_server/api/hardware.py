@@ -13,19 +13,12 @@ this module never imports torch.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from sam2_server import PIPELINE
-from sam2_server.api.routes import get_segmenter
-from sam2_server.api.service import Segmenter
-
-Engine = Annotated[Segmenter, Depends(get_segmenter)]
-
-HARDWARE_PATHS = ("/hardware/info", "/hardware/stats")
+from sam2_server.api.deps import SegmenterDep as Engine
 
 
 class GPUComputeInfo(BaseModel):

@@ -11,18 +11,28 @@ shape are those of the Livepeer route (see `pipeline.py`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any, Literal
 
-import orjson
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, field_validator
 
 from sam2_server.api.admission import Admission, estimate_work_bytes
+from sam2_server.api.deps import SegmenterDep, bearer_scheme
+from sam2_server.api.native_fields import (
+    ImageId,
+    cached_image,
+    check_image_id,
+    image_fields,
+    in_native_names,
+    json_array,
+    ready_image,
+    start_by_id,
+)
+from sam2_server.api.paths import IMAGES_PATH
 from sam2_server.api.pipeline import (
     check_finite,
     check_model,
@@ -31,24 +41,13 @@ from sam2_server.api.pipeline import (
     require_ready,
     run_admitted,
 )
-from sam2_server.api.routes import RESPONSES, bearer_scheme, get_segmenter, serialise
-from sam2_server.api.service import Segmenter
+from sam2_server.api.responses import json_response, serialise
+from sam2_server.api.schemas import NATIVE_RESPONSES
 from sam2_server.codecs.native import native_answer, unpack_array
 from sam2_server.config import Settings
 from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings
-from sam2_server.errors import ServiceError, bad_request, image_not_cached
-from sam2_server.prompts import PromptLimits, array_from_json, check_numbers, prompt_from_arrays
-
-IMAGES_PATH = "/v1/images"
-SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
-IMAGE_ID_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
-# The native API's field names, for messages shared with the Livepeer route's parser.
-_NATIVE_NAMES = (("point_coords", "points"), ("point_labels", "labels"))
-
-NATIVE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **{code: spec for code, spec in RESPONSES.items() if code != 200},
-    404: RESPONSES[400],
-}
+from sam2_server.errors import ServiceError, bad_request
+from sam2_server.prompts import PromptLimits, check_numbers, prompt_from_arrays
 
 
 class ImageResponse(BaseModel):
@@ -142,7 +141,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         cost = estimate_work_bytes(0, 0, height, width) + upload_bytes
         info, ticket = await run_admitted(request, admission, cost, timings, work)
         ticket.release()
-        return json_response(_image_fields(info))
+        return json_response(image_fields(info))
 
     @router.get(
         "/{image_id}",
@@ -153,12 +152,12 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
     )
     async def get_image(
         segmenter: SegmenterDep,
-        image_id: Annotated[str, Path(description="SHA-256 (hex) of the image's bytes.")],
+        image_id: ImageId,
         model_id: Annotated[str, Query(description="Empty: the default model.")] = "",
     ) -> Response:
         model = check_model(segmenter, model_id)
         check_image_id(image_id, model)
-        return json_response(_image_fields(await cached_image(segmenter, model, image_id)))
+        return json_response(image_fields(await cached_image(segmenter, model, image_id)))
 
     @router.post(
         "/{image_id}/segment",
@@ -170,16 +169,12 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
     async def segment_image(
         request: Request,
         segmenter: SegmenterDep,
-        image_id: Annotated[str, Path(description="SHA-256 (hex) of the image's bytes.")],
+        image_id: ImageId,
         body: SegmentRequest,
     ) -> Response:
-        record = request_record(request)
-        model = check_model(segmenter, body.model_id)
-        record.details["model"] = model
-        check_image_id(image_id, model)
+        record, model = start_by_id(request, segmenter, body.model_id, image_id)
         prompt = await run_in_threadpool(_prompt, body, limits)
-        require_ready(segmenter)
-        info = await cached_image(segmenter, model, image_id)
+        info = await ready_image(segmenter, model, image_id)
         candidates = 3 if prompt.multimask_output else 1
         objects = prompt.num_objects
         record.details.update(width=info.width, height=info.height, objects=objects)
@@ -233,47 +228,3 @@ def _prompt(body: SegmentRequest, limits: PromptLimits) -> Prompt:
         )
     except ServiceError as exc:
         raise in_native_names(exc) from None
-
-
-def check_image_id(image_id: str, model: str) -> None:
-    """A malformed id was never uploaded: the same 404, before the body is looked at."""
-    if not IMAGE_ID_PATTERN.match(image_id):
-        raise image_not_cached(image_id, model)
-
-
-async def cached_image(segmenter: Segmenter, model: str, image_id: str) -> ImageInfo:
-    """The image's description, or the 404 once the server no longer holds it.
-
-    Off the event loop: in a cluster a replica may fetch the upload to describe it.
-    """
-    info = await run_in_threadpool(segmenter.find_image, model, image_id)
-    if info is None:
-        raise image_not_cached(image_id, model)
-    return info
-
-
-def in_native_names(error: ServiceError) -> ServiceError:
-    """A 400 of the shared prompt checks, with the native API's field names."""
-    message = error.message
-    for livepeer_name, native_name in _NATIVE_NAMES:
-        message = message.replace(livepeer_name, native_name)
-    return bad_request(message)
-
-
-def json_array(value: list[Any] | None, name: str) -> Any:
-    """An empty list means "not given", as an empty form field does on the Livepeer route."""
-    return array_from_json(value, name) if value else None
-
-
-def _image_fields(info: ImageInfo) -> dict[str, Any]:
-    return {
-        "image_id": info.image_id,
-        "model_id": info.model_id,
-        "width": info.width,
-        "height": info.height,
-        "cached": info.cached,
-    }
-
-
-def json_response(content: dict[str, Any], status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")

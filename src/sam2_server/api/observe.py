@@ -25,7 +25,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("sam2_server.access")
 
-STAGES = ("image_decode", "encode", "prompt_decode", "serialise")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _ACTIONS = {"segment", "automatic-masks", "prompts", "propagate", "reset", "objects"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -233,7 +232,7 @@ def _request_id(scope: Scope) -> str:
     """The client's X-Request-ID when it is a plain token, so logs join across hops."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")
             if _SAFE_ID.match(text):
                 return text
     return uuid.uuid4().hex

@@ -25,7 +25,7 @@ from sam2_server.api.observe import RequestRecord, record_of
 from sam2_server.api.service import Segmenter
 from sam2_server.config import Settings
 from sam2_server.domain import Prediction, Timings
-from sam2_server.errors import PIPELINE_ERROR, Cancelled, ServiceError, bad_request
+from sam2_server.errors import PIPELINE_ERROR, Cancelled, ErrorKind, ServiceError, bad_request
 from sam2_server.prompts import PromptLimits
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def require_ready(segmenter: Segmenter) -> None:
     it retries a failed load after a while, so a fixed file needs no restart."""
     if segmenter.status == "LOADING":
         raise ServiceError(
-            503, "The model is still loading; retry shortly.", headers={"Retry-After": "5"}
+            ErrorKind.UNAVAILABLE, "The model is still loading; retry shortly.", retry_after_s=5
         )
 
 
@@ -102,7 +102,7 @@ def _guarded(work: Callable[[Callable[[], bool]], T], cancelled: Callable[[], bo
         raise
     except Exception as exc:
         logger.exception("inference failed")
-        raise ServiceError(500, PIPELINE_ERROR) from exc
+        raise ServiceError(ErrorKind.INTERNAL, PIPELINE_ERROR) from exc
 
 
 def check_finite(prediction: Prediction) -> Prediction:

@@ -1,9 +1,11 @@
-"""Response models, named as in Livepeer's runner so generated clients match."""
+"""Response models, named as in Livepeer's runner so generated clients match, and the
+OpenAPI error table every surface declares."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+from fastapi import status
 from pydantic import BaseModel, Field
 
 
@@ -42,3 +44,23 @@ class VersionResponse(BaseModel):
     pipeline: str
     model_id: str
     version: str = Field(..., description="The version of the server.")
+
+
+# The Livepeer route's declared answers (the reference's, 408 and 413 added).
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    status.HTTP_200_OK: {
+        "content": {"application/json": {"schema": {"x-speakeasy-name-override": "data"}}},
+    },
+    status.HTTP_400_BAD_REQUEST: {"model": HTTPError},
+    status.HTTP_401_UNAUTHORIZED: {"model": HTTPError},
+    408: {"model": HTTPError},
+    413: {"model": HTTPError},
+    status.HTTP_500_INTERNAL_SERVER_ERROR: {"model": HTTPError},
+    status.HTTP_503_SERVICE_UNAVAILABLE: {"model": HTTPError},
+}
+
+# The native API's: the same errors, and 404 for an image or session it no longer holds.
+NATIVE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **{code: spec for code, spec in RESPONSES.items() if code != 200},
+    404: RESPONSES[400],
+}

@@ -79,7 +79,10 @@ class Segmenter(Protocol):
     @property
     def default_model_id(self) -> str: ...
 
-    error: str | None
+    @property
+    def error(self) -> str | None:
+        """The failed loads in one line, for /health's 503s; None when all is well."""
+        ...
 
     def load(self) -> None:
         """Load the served models (blocking); called once, off the event loop."""

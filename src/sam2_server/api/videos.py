@@ -24,22 +24,19 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
 from sam2_server.api.admission import Admission, Ticket
-from sam2_server.api.native import (
-    NATIVE_RESPONSES,
-    SegmenterDep,
-    in_native_names,
-    json_array,
-    json_response,
-)
+from sam2_server.api.deps import SegmenterDep, bearer_scheme
+from sam2_server.api.errors import message_of, status_of
+from sam2_server.api.native_fields import in_native_names, json_array
+from sam2_server.api.paths import VIDEOS_PATH
 from sam2_server.api.pipeline import check_model, request_record, require_ready, run_admitted
-from sam2_server.api.routes import TicketedStream, bearer_scheme
+from sam2_server.api.responses import TicketedStream, json_response
+from sam2_server.api.schemas import NATIVE_RESPONSES
 from sam2_server.codecs.video import frame_answer, frame_line, video_fields
 from sam2_server.config import MIB, Settings
 from sam2_server.domain import FrameMasks, Timings, VideoInfo, VideoPrompt
 from sam2_server.errors import ServiceError, bad_request
 from sam2_server.prompts import PromptLimits, prompt_from_arrays
 
-VIDEOS_PATH = "/v1/videos"
 MAX_OBJECT_ID = 2**31 - 1
 _VIDEO_RESPONSES: dict[int | str, dict[str, Any]] = {
     **NATIVE_RESPONSES,
@@ -230,7 +227,8 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
                     yield await run_in_threadpool(frame_line, frame, body.mask_format)
             except ServiceError as exc:
                 # Headers are gone: the stream ends with an error line instead.
-                yield orjson.dumps({"error": {"status": exc.status, "msg": exc.message}}) + b"\n"
+                error = {"status": status_of(exc), "msg": message_of(exc)}
+                yield orjson.dumps({"error": error}) + b"\n"
             finally:
                 record.details["frames"] = count
                 record.stages["propagate"] = time.perf_counter() - started

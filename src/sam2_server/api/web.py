@@ -22,9 +22,9 @@ from importlib.resources import files
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from sam2_server.errors import ServiceError
+from sam2_server.api.paths import WEB_PREFIX
+from sam2_server.errors import ErrorKind, ServiceError
 
-WEB_PREFIX = "/web"
 INDEX = "index.html"
 
 CONTENT_TYPES = {
@@ -81,7 +81,7 @@ def build_web_router() -> APIRouter:
     async def asset(request: Request, name: str) -> Response:
         found = web_files.get(name)
         if found is None:
-            raise ServiceError(404, f"No such file of the web page: {name[:100]}")
+            raise ServiceError(ErrorKind.NOT_FOUND, f"No such file of the web page: {name[:100]}")
         return _serve(request, found)
 
     return router

@@ -39,11 +39,11 @@ from starlette.routing import Route
 
 from sam2_server.api.app import add_request_guard, work_budget
 from sam2_server.api.errors import json_error
-from sam2_server.api.native import IMAGES_PATH
-from sam2_server.client import image_id_of
+from sam2_server.api.paths import IMAGES_PATH
 from sam2_server.cluster.asgi import ELSEWHERE, ForwardedRequest, Head
 from sam2_server.cluster.routing import route_of
 from sam2_server.config import Settings
+from sam2_server.domain import image_id_of
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from sam2_server.api import create_app
-from sam2_server.api.videos import VIDEOS_PATH
+from sam2_server.api.paths import VIDEOS_PATH
 from sam2_server.cluster.asgi import ELSEWHERE, ForwardedRequest, Head, Lifespan, run_http
 from sam2_server.cluster.routing import video_id_of
 from sam2_server.config import Settings, configure_logging

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sam2_server.api.native import IMAGE_ID_PATTERN, IMAGES_PATH
-from sam2_server.api.routes import SEGMENT_PATH
-from sam2_server.api.videos import VIDEOS_PATH
+from sam2_server.api.paths import IMAGES_PATH, SEGMENT_PATH, VIDEOS_PATH
+from sam2_server.domain import IMAGE_ID_PATTERN
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import orjson
 from pycocotools import mask as coco_mask
 
 from sam2_server.codecs.native import encode_png
-from sam2_server.domain import MaskRecord
+from sam2_server.domain import MASK_RECORD_FIELDS, MaskRecord
 
 # An answer's size follows its masks' boundaries: COCO RLE writes each run in
 # one to three characters, and PNG's deflate spends about as much per run.
@@ -77,18 +77,7 @@ def automatic_answer(
     stay ints and floats are written exactly (orjson writes the shortest text
     that reads back as the same double).
     """
-    masks = [
-        {
-            "segmentation": encode_segmentation(record.segmentation, mask_format),
-            "area": record.area,
-            "bbox": record.bbox,
-            "predicted_iou": record.predicted_iou,
-            "point_coords": record.point_coords,
-            "stability_score": record.stability_score,
-            "crop_box": record.crop_box,
-        }
-        for record in records
-    ]
+    masks = [_answer_record(record, mask_format) for record in records]
     answer: dict[str, object] = {
         "image_id": image_id,
         "model_id": model_id,
@@ -99,3 +88,10 @@ def automatic_answer(
     if warnings:
         answer["warnings"] = list(warnings)
     return orjson.dumps(answer)
+
+
+def _answer_record(record: MaskRecord, mask_format: str) -> dict[str, Any]:
+    """The record's fields in the library's order, its segmentation encoded."""
+    fields: dict[str, Any] = {name: getattr(record, name) for name in MASK_RECORD_FIELDS}
+    fields["segmentation"] = encode_segmentation(record.segmentation, mask_format)
+    return fields

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,11 +36,9 @@ from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam2_server.domain import AutomaticParams, MaskRecord
+from sam2_server.engine.embedding import Embedding, set_embedding
 from sam2_server.engine.models import SCRIPTING_LOCK, fit_feature_sizes
-from sam2_server.errors import Cancelled
-
-if TYPE_CHECKING:
-    from sam2_server.engine.engine import Embedding
+from sam2_server.errors import check_cancelled
 
 __all__ = [
     "AutomaticHooks",
@@ -61,8 +59,7 @@ class AutomaticHooks:
     encode_s: float = 0.0  # filled in: time spent encoding crops
 
     def check(self) -> None:
-        if self.cancelled is not None and self.cancelled():
-            raise Cancelled()
+        check_cancelled(self.cancelled)
 
 
 def generate_masks(
@@ -89,7 +86,7 @@ def generate_masks(
         raise ValueError(f"image is {image.shape[:2]}, the embedding {(height, width)}")
     generator = _Generator(model, params, embedding, hooks)
     records = generator.generate(image)
-    return [_record(record) for record in records]
+    return [MaskRecord.of(record) for record in records]
 
 
 def warnings_for(params: AutomaticParams, device: torch.device) -> list[str]:
@@ -153,16 +150,8 @@ class _CropPredictor(SAM2ImagePredictor):
         A crop as large as the image can only be the image itself (crops start
         inside it and are clipped to it), so its features are the embedding's.
         """
-        embedding = self._embedding
-        if tuple(image.shape[:2]) == embedding.orig_hw:
-            self.reset_predictor()
-            self._features = {
-                "image_embed": embedding.image_embed,
-                "high_res_feats": list(embedding.high_res_feats),
-            }
-            self._orig_hw = [embedding.orig_hw]
-            self._is_image_set = True
-            self._is_batch = False
+        if tuple(image.shape[:2]) == self._embedding.orig_hw:
+            set_embedding(self, self._embedding)
             return
         hooks = self._hooks
         hooks.check()
@@ -187,6 +176,8 @@ class _CropPredictor(SAM2ImagePredictor):
 class _Generator(SAM2AutomaticMaskGenerator):
     """The library's generator with our predictor, and cancellation between batches."""
 
+    predictor: SAM2ImagePredictor  # the library's, then ours (built in __init__)
+
     def __init__(
         self,
         model: SAM2Base,
@@ -199,23 +190,11 @@ class _Generator(SAM2AutomaticMaskGenerator):
         # The library builds its predictor here (a `torch.jit.script`): see SCRIPTING_LOCK.
         with SCRIPTING_LOCK:
             super().__init__(model, output_mode="uncompressed_rle", **asdict(params))
-        self.predictor = _CropPredictor.adopt(self.predictor, embedding, hooks)
-        fit_feature_sizes(self.predictor)
+        predictor = _CropPredictor.adopt(self.predictor, embedding, hooks)
+        fit_feature_sizes(predictor)
+        self.predictor = predictor
         self._hooks = hooks
 
     def _process_batch(self, *args: Any, **kwargs: Any) -> Any:
         self._hooks.check()
         return super()._process_batch(*args, **kwargs)
-
-
-def _record(record: dict[str, Any]) -> MaskRecord:
-    """The library's record as it is: its counts are already a list of Python ints."""
-    return MaskRecord(
-        segmentation=record["segmentation"],
-        area=record["area"],
-        bbox=record["bbox"],
-        predicted_iou=record["predicted_iou"],
-        point_coords=record["point_coords"],
-        stability_score=record["stability_score"],
-        crop_box=record["crop_box"],
-    )

@@ -428,7 +428,8 @@ def build_model(
             f"{mismatch} ({len(missing)} missing, {len(unexpected)} unexpected weights, "
             f"e.g. {(missing or unexpected)[0]})."
         )
-    return model.to(device).eval()
+    built: torch.nn.Module = model.to(device).eval()
+    return built
 
 
 def select_device(requested: str | None = None) -> torch.device:

@@ -54,7 +54,8 @@ def require_openvino() -> str:
             "ENCODER_BACKEND=openvino needs the openvino package: "
             "pip install 'sam2-server[openvino]'."
         ) from None
-    return openvino.__version__
+    version: str = openvino.__version__
+    return version
 
 
 def default_cache_dir() -> Path:
@@ -118,7 +119,7 @@ def convert(encoder: torch.nn.Module, image_size: int, folder: Path) -> float:
     with torch.no_grad(), warnings.catch_warnings():
         # Hiera's padding checks become constants for this input size, as meant: the
         # network is traced for one size (the model's) and the predictor only feeds that.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
         # OpenVINO traces with torch.jit.trace, which torch 2.14 deprecates (its problem).
         warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)
         network = ov.convert_model(_EncoderOutputs(encoder).eval(), example_input=example)
@@ -240,11 +241,13 @@ def install(
     import openvino as ov
 
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
-    image_size = int(model.image_size)
+    image_size = int(model.image_size)  # type: ignore[arg-type]  # SAM2Base's plain int
     t0 = time.perf_counter()
     key = cache_key(model_id, checkpoint, config, image_size)
     hash_s = time.perf_counter() - t0
-    entry, convert_s = ensure_converted(key, model.image_encoder, cache_dir)
+    encoder = model.image_encoder
+    assert isinstance(encoder, torch.nn.Module)
+    entry, convert_s = ensure_converted(key, encoder, cache_dir)
     t1 = time.perf_counter()
     core = ov.Core()
     hint = "bf16" if precision == "bf16" else "f32"

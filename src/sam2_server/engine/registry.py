@@ -32,7 +32,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sam2_server.errors import ServiceError
+from sam2_server.errors import ErrorKind, ServiceError
 
 T = TypeVar("T")
 
@@ -148,6 +148,7 @@ class ModelRegistry(Generic[T]):
         return self._run_load(model_id, entry, pending)
 
     def _run_load(self, model_id: str, entry: _Entry[T], pending: Future[T]) -> T:
+        message: str | None
         try:
             value = self._load(model_id)
             nbytes = self._size_of(value)
@@ -309,4 +310,4 @@ def _notify(callback: Callable[..., None] | None, *args: Any) -> None:
 
 
 def unavailable(model_id: str, reason: str) -> ServiceError:
-    return ServiceError(503, f"{model_id} is unavailable: {reason}")
+    return ServiceError(ErrorKind.UNAVAILABLE, f"{model_id} is unavailable: {reason}")

@@ -5,23 +5,9 @@ an `inference_state` dict that its methods mutate; the model itself holds no
 per-clip state. So the server keeps one predictor per model (shared, like the
 image model) and one state per session, and never lets two calls touch the
 same state at once: a session is either idle or owned by exactly one call
-(`_Session.lock`); a second call meanwhile is a 409 rather than a wait behind
-a propagation that may take minutes.
-
-Two departures from the library, both invisible in the answers:
-
-- **The memory fix.** SAM2 stores each frame's memory features in bfloat16
-  and, outside CUDA autocast, hands them to float32 layers ("mat1 and mat2
-  must have the same dtype", sam2 issues #308 and #577). `FixedVideoPredictor`
-  keeps the bfloat16 storage and upcasts the stored memory to the compute
-  dtype where it is read (the memory-attention input). bf16 → fp32 is exact,
-  so the answers equal the library's with that read site patched.
-- **Frames as uint8.** The library holds every frame as float32 at the
-  model's input size (12 MiB per frame at 1024²). A session keeps the resized
-  uint8 pixels (3 MiB) and normalises a frame when the model reads it, with
-  the library's own arithmetic (`/ 255.0` in float64, to float32, `- mean`,
-  `/ std`), so the tensors are bit-identical. Frames always live in host
-  memory; on a GPU only the frame being encoded is copied over.
+(`_Session.lock`); a second call meanwhile is "busy" rather than a wait behind
+a propagation that may take minutes. The predictor and the frame store, and
+how they depart from the library's, are video_predictor.py's.
 """
 
 from __future__ import annotations
@@ -31,142 +17,23 @@ import logging
 import secrets
 import threading
 import time
-import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 from PIL import Image
-from sam2 import sam2_video_predictor
-from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from sam2_server.config import GIB, MIB, Settings, machine_memory_bytes
 from sam2_server.domain import FrameMasks, VideoInfo, VideoPrompt
-from sam2_server.errors import Cancelled, ServiceError, bad_request
+from sam2_server.engine.video_predictor import FixedVideoPredictor, FrameStore
+from sam2_server.errors import Cancelled, ErrorKind, ServiceError, bad_request
 from sam2_server.frames import Clip, frame_images, video_file
 
 logger = logging.getLogger(__name__)
 
-# The library's normalisation (sam2.utils.misc.load_video_frames).
-_IMG_MEAN = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
-_IMG_STD = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
-# What the config of `build_sam2_video_predictor(apply_postprocessing=True)` adds
-# to the image model's (the image model already has the mask decoder's part).
-VIDEO_OVERRIDES = {
-    "_target_": "sam2_server.engine.video.FixedVideoPredictor",
-    "binarize_mask_from_pts_for_mem_enc": True,
-    "fill_hole_area": 8,
-}
 _SWEEP_EVERY_S = 30.0
-
-
-def _no_progress_bar(iterable: Any, *args: Any, **kwargs: Any) -> Any:
-    return iterable
-
-
-# The library draws a tqdm progress bar on stderr for every propagation: in a
-# server that is a screenful of carriage returns per request in the logs.
-sam2_video_predictor.tqdm = _no_progress_bar  # type: ignore[attr-defined]
-# Without its optional CUDA extension SAM2 skips filling small holes in video
-# masks (identically in the reference) and warns on every frame; say it once.
-warnings.filterwarnings("once", message=r"cannot import name '_C' from 'sam2'")
-
-
-class FixedVideoPredictor(SAM2VideoPredictor):
-    """SAM2VideoPredictor, with stored bfloat16 memory upcast where it is read.
-
-    Also accepts frames already decoded (`init_state_from_frames`), since the
-    library's `init_state` reads only a folder of JPEG files.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.memory_attention.register_forward_pre_hook(_upcast_memory, with_kwargs=True)
-
-    @torch.inference_mode()
-    def init_state_from_frames(
-        self, frames: FrameStore, *, offload_state_to_cpu: bool = False
-    ) -> dict[str, Any]:
-        """`init_state`, with the frames given instead of loaded from a folder.
-
-        Builds the same dict as the library's `init_state` (sam2 1.1.0), and,
-        like it, encodes frame 0 once to warm the backbone's feature cache.
-        """
-        device = self.device
-        state: dict[str, Any] = {
-            "images": frames,
-            "num_frames": len(frames),
-            "offload_video_to_cpu": True,
-            "offload_state_to_cpu": offload_state_to_cpu,
-            "video_height": frames.height,
-            "video_width": frames.width,
-            "device": device,
-            "storage_device": torch.device("cpu") if offload_state_to_cpu else device,
-            "point_inputs_per_obj": {},
-            "mask_inputs_per_obj": {},
-            "cached_features": {},
-            "constants": {},
-            "obj_id_to_idx": OrderedDict(),
-            "obj_idx_to_id": OrderedDict(),
-            "obj_ids": [],
-            "output_dict_per_obj": {},
-            "temp_output_dict_per_obj": {},
-            "frames_tracked_per_obj": {},
-        }
-        self._get_image_feature(state, frame_idx=0, batch_size=1)
-        return state
-
-
-def _upcast_memory(
-    module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The fix: `memory` (and its positions) in the dtype of the current frame's features."""
-    curr = kwargs.get("curr", args[0] if args else None)
-    if isinstance(curr, list | tuple):
-        curr = curr[0]
-    if not isinstance(curr, torch.Tensor):
-        return args, kwargs
-    for name in ("memory", "memory_pos"):
-        value = kwargs.get(name)
-        if isinstance(value, torch.Tensor) and value.dtype != curr.dtype:
-            kwargs[name] = value.to(curr.dtype)
-    return args, kwargs
-
-
-class FrameStore(Sequence[torch.Tensor]):
-    """A clip's frames at the model's input size, uint8, normalised on read."""
-
-    def __init__(self, width: int, height: int, image_size: int) -> None:
-        self.width = width
-        self.height = height
-        self.image_size = image_size
-        self._frames: list[np.ndarray] = []
-
-    def append(self, image: Image.Image) -> None:
-        # As the library's _load_img_as_tensor: PIL's default resize to a square.
-        resized = np.array(image.convert("RGB").resize((self.image_size, self.image_size)))
-        self._frames.append(resized)
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]
-        pixels = torch.from_numpy(self._frames[index] / 255.0).permute(2, 0, 1).float()
-        pixels -= _IMG_MEAN
-        pixels /= _IMG_STD
-        return pixels
-
-    @property
-    def nbytes(self) -> int:
-        return sum(frame.nbytes for frame in self._frames)
-
-    @staticmethod
-    def frame_bytes(image_size: int) -> int:
-        return image_size * image_size * 3
 
 
 @dataclass
@@ -371,13 +238,6 @@ class VideoSessions:
         self._free(session)
         logger.info("video %s closed", video_id)
 
-    def close_all(self) -> None:
-        with self._lock:
-            sessions = list(self._sessions.values())
-            self._sessions.clear()
-        for session in sessions:
-            self._free(session)
-
     def stats(self) -> dict[str, Any]:
         with self._lock:
             sessions = list(self._sessions.values())
@@ -411,10 +271,10 @@ class VideoSessions:
         session = self._find(video_id)
         if not session.lock.acquire(blocking=False):
             raise ServiceError(
-                409,
+                ErrorKind.BUSY,
                 f"video {video_id} is busy with another request (a propagation, or a "
                 "prompt); wait for it to finish, or close the propagation's connection.",
-                headers={"Retry-After": "1"},
+                retry_after_s=1,
             )
         if session.closed:  # closed between the lookup and the lock
             session.lock.release()
@@ -447,11 +307,11 @@ class VideoSessions:
         with self._lock:
             if len(self._sessions) + self._opening >= self.settings.video_max_sessions:
                 raise ServiceError(
-                    503,
+                    ErrorKind.UNAVAILABLE,
                     f"{len(self._sessions)} video sessions are open, this server's limit "
                     "(VIDEO_MAX_SESSIONS); close one (DELETE /v1/videos/{video_id}) or retry "
                     "once one expires.",
-                    headers={"Retry-After": "30"},
+                    retry_after_s=30,
                 )
             self._opening += 1
 
@@ -459,7 +319,7 @@ class VideoSessions:
         """Take `nbytes` of the video budget for a session being opened (413/503 past it)."""
         if already + nbytes > self.max_bytes:
             raise ServiceError(
-                413,
+                ErrorKind.TOO_LARGE,
                 f"video: this clip needs more than the {self.max_bytes} bytes all video "
                 f"sessions may hold (VIDEO_MEMORY_BYTES; each frame takes {nbytes} bytes at "
                 "the model's input size). Upload fewer frames.",
@@ -484,7 +344,7 @@ class VideoSessions:
         growth = max(0, span * len(state["obj_ids"]) - held) * per_output
         if session.nbytes + growth > self.max_bytes:
             raise ServiceError(
-                413,
+                ErrorKind.TOO_LARGE,
                 f"video: tracking {len(state['obj_ids'])} objects over {span} frames needs "
                 f"about {growth} more bytes than the video memory (VIDEO_MEMORY_BYTES, "
                 f"{self.max_bytes}) holds; track fewer frames (max_frames) or objects.",
@@ -643,23 +503,24 @@ def _is_prompt_error(message: str) -> bool:
 
 def _memory_full() -> ServiceError:
     return ServiceError(
-        503,
+        ErrorKind.UNAVAILABLE,
         "video: the open sessions hold the server's video memory (VIDEO_MEMORY_BYTES); "
         "close a session or retry later.",
-        headers={"Retry-After": "30"},
+        retry_after_s=30,
     )
 
 
 def _unknown_video(video_id: str) -> ServiceError:
     shown = video_id if len(video_id) <= 64 else video_id[:64] + "..."
     return ServiceError(
-        404, f"No video session {shown}: it was closed, expired, or never existed; upload again."
+        ErrorKind.NOT_FOUND,
+        f"No video session {shown}: it was closed, expired, or never existed; upload again.",
     )
 
 
 def _unknown_object(video_id: str, object_id: int, known: Sequence[int]) -> ServiceError:
     return ServiceError(
-        404, f"video {video_id} has no object {object_id} (objects: {list(known)})."
+        ErrorKind.NOT_FOUND, f"video {video_id} has no object {object_id} (objects: {list(known)})."
     )
 
 
@@ -718,9 +579,4 @@ def _default_video_bytes() -> int:
     return min(8 * GIB, machine_memory_bytes() // 4)
 
 
-__all__ = [
-    "VIDEO_OVERRIDES",
-    "FixedVideoPredictor",
-    "FrameStore",
-    "VideoSessions",
-]
+__all__ = ["VideoSessions"]

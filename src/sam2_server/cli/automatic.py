@@ -24,55 +24,59 @@ One summary line on stdout. Failures: one line on stderr, exit status 2.
 from __future__ import annotations
 
 import argparse
-import colorsys
 import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
 import numpy as np
 from PIL import Image
 
-from sam2_server.domain import AutomaticParams
-from sam2_server.errors import ServiceError
-from sam2_server.predict import (
-    UsageError,
-    add_target_arguments,
+from sam2_server.cli import target
+from sam2_server.cli.common import (
+    Subcommands,
+    add_command,
     as_model_saw_it,
-    check_target,
-    engine_errors,
-    load_engine,
-    local_settings,
     make_output,
-    overlay,
-    reason,
-    remote_errors,
+    read_image,
+    run_command,
+    service_errors,
     spinner,
-    token_of,
+    writing_to,
 )
+from sam2_server.cli.overlay import distinct_colours, overlay
+from sam2_server.domain import AUTOMATIC_PARAM_NAMES, AutomaticParams
 from sam2_server.prompts import check_automatic
 
 if TYPE_CHECKING:
     from sam2_server.client import AutomaticMask
 
 COMMAND = "automatic"
+# Its line in `sam2-server --help`.
+SUMMARY = "every mask of an image (SAM2AutomaticMaskGenerator): in this process, or --url"
 _DEFAULTS = AutomaticParams()
-_GOLDEN = (math.sqrt(5) - 1) / 2  # hue step: consecutive colours stay far apart
+# A parameter that is on by default gets a flag that turns it off, named for what the
+# user then gets (the others are `--<parameter>`): its flag and help.
+_OFF_FLAGS = {
+    "multimask_output": ("--single", "one mask per grid point instead of three candidates")
+}
+
+_Number = TypeVar("_Number", int, float)
 
 
 # -- arguments -----------------------------------------------------------------------------
 
 
-def _number(kind: Callable[[str], Any]) -> Any:
+def _number(kind: Callable[[str], _Number]) -> Callable[[str], _Number]:
     """An argparse type: a finite `kind`. Ranges are checked with the server's own rules
     (`prompts.check_automatic`) once all the parameters are known."""
 
-    def parse(text: str) -> Any:
+    def parse(text: str) -> _Number:
         try:
-            value = kind(text)
+            value: _Number | None = kind(text)
         except ValueError:
             value = None
         if value is None or not math.isfinite(value):
@@ -83,81 +87,55 @@ def _number(kind: Callable[[str], Any]) -> Any:
     return parse
 
 
-@dataclass(frozen=True)
-class _Option:
-    name: str  # the library's parameter
-    parse: Callable[[str], Any]
-    help: str
+def _flag_help(text: str) -> str:
+    """A parameter's help in the domain (a sentence) as argparse help: lower case first,
+    no final full stop, since the default may follow."""
+    text = text.rstrip(".")
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
 
 
-OPTIONS = (
-    _Option("points_per_side", _number(int), "grid points along each side (work ~ N^2)"),
-    _Option("points_per_batch", _number(int), "points run through the model at once"),
-    _Option("pred_iou_thresh", _number(float), "keep masks whose predicted IoU is above"),
-    _Option("stability_score_thresh", _number(float), "keep masks at least this stable"),
-    _Option("stability_score_offset", _number(float), "logit shift of the stability score"),
-    _Option("mask_threshold", _number(float), "logit threshold of a mask"),
-    _Option("box_nms_thresh", _number(float), "box IoU above which duplicates are dropped"),
-    _Option("crop_n_layers", _number(int), "layers of image crops run again"),
-    _Option("crop_nms_thresh", _number(float), "box IoU for duplicates between crops"),
-    _Option("crop_overlap_ratio", _number(float), "how much crops overlap"),
-    _Option(
-        "crop_n_points_downscale_factor",
-        _number(int),
-        "crop layer n has points_per_side / factor**n points per side",
-    ),
-    _Option(
-        "min_mask_region_area",
-        _number(int),
-        "fill holes and remove islands up to this area (sam2 skips it without its CUDA extension)",
-    ),
-)
-
-
-def add_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: Subcommands) -> argparse.ArgumentParser:
     """Add `automatic` to the `sam2-server` subcommands."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        COMMAND,
-        help="every mask of an image (SAM2AutomaticMaskGenerator): in this process, or --url",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(commands, COMMAND, SUMMARY, __doc__)
     parser.add_argument("image", help="the image file")
     generator = parser.add_argument_group("generator parameters (default: the library's)")
-    for option in OPTIONS:
-        generator.add_argument(
-            "--" + option.name.replace("_", "-"),
-            dest=option.name,
-            type=option.parse,
-            metavar="N" if option.parse.__name__ == "int" else "X",
-            help=f"{option.help} (default {getattr(_DEFAULTS, option.name):g})",
-        )
-    generator.add_argument(
-        "--use-m2m",
-        dest="use_m2m",
-        action="store_true",
-        default=None,
-        help="refine each mask once with its own low-res logits",
-    )
-    generator.add_argument(
-        "--single",
-        dest="multimask_output",
-        action="store_false",
-        default=None,
-        help="one mask per grid point instead of three candidates",
-    )
-    add_target_arguments(parser, COMMAND, url_help="a sam2-server to ask instead")
+    # One flag per field of domain.AutomaticParams, with its help: the API's schema and
+    # the client's names come from the same fields.
+    kinds = get_type_hints(AutomaticParams)
+    for param in fields(AutomaticParams):
+        name, kind, default = param.name, kinds[param.name], getattr(_DEFAULTS, param.name)
+        if kind is bool and default:
+            flag, help_text = _OFF_FLAGS[name]
+            generator.add_argument(
+                flag, dest=name, action="store_false", default=None, help=help_text
+            )
+            continue
+        flag, help_text = "--" + name.replace("_", "-"), _flag_help(param.metadata["help"])
+        if kind is bool:
+            generator.add_argument(
+                flag, dest=name, action="store_true", default=None, help=help_text
+            )
+        else:
+            generator.add_argument(
+                flag,
+                dest=name,
+                type=_number(kind),
+                metavar="N" if kind is int else "X",
+                help=f"{help_text} (default {default:g})",
+            )
+    target.add_arguments(parser, url_help="a sam2-server to ask instead")
     return parser
 
 
 def generator_options(args: argparse.Namespace) -> dict[str, Any]:
     """The generator parameters given on the command line (the others: library defaults)."""
-    names = [option.name for option in OPTIONS] + ["use_m2m", "multimask_output"]
-    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    try:
+    options = {
+        name: getattr(args, name)
+        for name in AUTOMATIC_PARAM_NAMES
+        if getattr(args, name) is not None
+    }
+    with service_errors():
         check_automatic(AutomaticParams(**options))
-    except ServiceError as exc:
-        raise UsageError(exc.message) from None
     return options
 
 
@@ -166,24 +144,17 @@ def generator_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """The `automatic` command; returns the exit status."""
-    try:
-        return _run(args)
-    except UsageError as exc:
-        print(f"sam2-server {COMMAND}: {exc}", file=sys.stderr)
-        return 2
+    return run_command(COMMAND, _run, args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_target(args)
+    target.check(args)
     options = generator_options(args)
-    try:
-        image_bytes = Path(args.image).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read image {args.image}: {reason(exc)}") from None
+    image_bytes = read_image(args.image)
     output = make_output(args.output)
     if args.url:
         masks = automatic_remote(
-            args.url, token_of(args), image_bytes, options, args.model_id, args.timeout
+            args.url, target.token(args), image_bytes, options, args.model_id, args.timeout
         )
     else:
         masks = automatic_local(image_bytes, options, args.model_id, args.model_config, args.device)
@@ -206,7 +177,7 @@ def automatic_remote(
     from sam2_server.client import Client
 
     with (
-        remote_errors(url),
+        target.remote_errors(url),
         Client(url, token, timeout=timeout) as client,
         spinner(f"generating masks on {url}"),
     ):
@@ -223,28 +194,23 @@ def automatic_local(
     """The server's engine in this process: encode once, then the generator on the embedding."""
     from sam2_server.client import AutomaticMask
     from sam2_server.codecs.automatic import rle_to_mask
+    from sam2_server.domain import MASK_RECORD_FIELDS
 
-    settings = local_settings(model_id, model_config, device)
-    engine = load_engine(settings)
+    settings = target.local_settings(model_id, model_config, device)
+    engine = target.load_engine(settings)
     model = settings.default_model_id
     params = AutomaticParams(**options)
     for warning in engine.automatic_warnings(params):
-        print(f"sam2-server automatic: warning: {warning}", file=sys.stderr)
-    with engine_errors(), spinner("generating masks"):
+        print(f"sam2-server {COMMAND}: warning: {warning}", file=sys.stderr)
+    with service_errors(), spinner("generating masks"):
         image = engine.add_image(model, image_bytes)
         _, records = engine.automatic_masks(model, image.image_id, params)
-    return [
-        AutomaticMask(
-            segmentation=rle_to_mask(record.segmentation),
-            area=record.area,
-            bbox=record.bbox,
-            predicted_iou=record.predicted_iou,
-            point_coords=record.point_coords,
-            stability_score=record.stability_score,
-            crop_box=record.crop_box,
-        )
-        for record in records
-    ]
+    masks = []
+    for record in records:  # the library's record, field for field, the segmentation decoded
+        values = {name: getattr(record, name) for name in MASK_RECORD_FIELDS}
+        values["segmentation"] = rle_to_mask(record.segmentation)
+        masks.append(AutomaticMask(**values))
+    return masks
 
 
 # -- output --------------------------------------------------------------------------------
@@ -262,7 +228,7 @@ def write_outputs(
     digits = max(3, len(str(len(masks) - 1)))
     files = [f"mask-{index:0{digits}d}.png" for index in range(len(masks))]
     records = []
-    try:
+    with writing_to(output):
         for name, mask in zip(files, masks, strict=True):
             Image.fromarray(mask.segmentation.astype(np.uint8) * 255).save(output / name)
             record = {k: v for k, v in mask.record().items() if k != "segmentation"}
@@ -280,15 +246,4 @@ def write_outputs(
             "masks": records,
         }
         (output / "masks.json").write_text(json.dumps(summary, indent=1) + "\n")
-    except OSError as exc:
-        raise UsageError(f"cannot write to {output}: {reason(exc)}") from None
     return files
-
-
-def distinct_colours(count: int) -> list[tuple[int, int, int]]:
-    """`count` bright colours, neighbours far apart in hue (golden-ratio steps)."""
-    colours = []
-    for index in range(count):
-        red, green, blue = colorsys.hsv_to_rgb((index * _GOLDEN) % 1.0, 0.75, 0.95)
-        colours.append((round(red * 255), round(green * 255), round(blue * 255)))
-    return colours

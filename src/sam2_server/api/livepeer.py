@@ -1,5 +1,4 @@
-"""The routes of Livepeer's runner for this pipeline: segment, health, version;
-and operations: stats, metrics.
+"""Livepeer's route for this pipeline: `POST /segment-anything-2`, exactly as the runner's.
 
 A segment request goes through, in order: form validation (422), auth (401,
 in the guard), `model_id` (400), array fields and work limits (400), the
@@ -10,26 +9,22 @@ streamed when large.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Annotated, Any, Protocol
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.datastructures import UploadFile as StarletteUpload
-from starlette.requests import ClientDisconnect
-from starlette.types import Message, Receive, Scope, Send
 
-from sam2_server import PIPELINE, __version__
-from sam2_server.api.admission import Admission, Ticket, estimate_work_bytes
-from sam2_server.api.observe import Metrics, RequestRecord
+from sam2_server.api.admission import Admission, estimate_work_bytes
+from sam2_server.api.deps import bearer_scheme, get_segmenter
+from sam2_server.api.observe import RequestRecord
+from sam2_server.api.paths import SEGMENT_PATH
 from sam2_server.api.pipeline import (
     check_finite,
     check_model,
@@ -38,20 +33,17 @@ from sam2_server.api.pipeline import (
     require_ready,
     run_admitted,
 )
-from sam2_server.api.schemas import HealthCheck, HTTPError, MasksResponse, VersionResponse
+from sam2_server.api.responses import TicketedStream, serialise
+from sam2_server.api.schemas import RESPONSES, MasksResponse
 from sam2_server.api.service import Segmenter
 from sam2_server.codecs import encode_livepeer, estimate_livepeer_bytes, iter_livepeer
 from sam2_server.codecs.native import MASK_FORMATS, native_answer
 from sam2_server.config import Settings
-from sam2_server.domain import Prediction, Prompt, Timings
+from sam2_server.domain import Prediction, Prompt, Timings, image_id_of
 from sam2_server.errors import bad_request, field_too_large
 from sam2_server.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
-
-SEGMENT_PATH = "/segment-anything-2"
-OPS_PATHS = ("/stats", "/metrics")
-ROUTES = (SEGMENT_PATH, "/health", "/version", *OPS_PATHS, "/openapi.json", "/docs", "/")
 
 # Answers up to this size are built whole and sent with a Content-Length;
 # larger ones are streamed in chunks so their text never exists whole.
@@ -59,33 +51,10 @@ STREAM_ABOVE_BYTES = 8 * 1024 * 1024
 
 ARRAY_FIELDS = ("point_coords", "point_labels", "box", "mask_input")
 
-RESPONSES: dict[int | str, dict[str, Any]] = {
-    status.HTTP_200_OK: {
-        "content": {"application/json": {"schema": {"x-speakeasy-name-override": "data"}}},
-    },
-    status.HTTP_400_BAD_REQUEST: {"model": HTTPError},
-    status.HTTP_401_UNAUTHORIZED: {"model": HTTPError},
-    408: {"model": HTTPError},
-    413: {"model": HTTPError},
-    status.HTTP_500_INTERNAL_SERVER_ERROR: {"model": HTTPError},
-    status.HTTP_503_SERVICE_UNAVAILABLE: {"model": HTTPError},
-}
 
-# The token itself is checked by `RequestGuard` before the body is read; this
-# dependency only declares the bearer scheme in the OpenAPI schema, as the
-# reference does.
-bearer_scheme = HTTPBearer(auto_error=False)
-
-
-def get_segmenter(request: Request) -> Segmenter:
-    segmenter: Segmenter = request.app.state.segmenter
-    return segmenter
-
-
-def build_router(settings: Settings, admission: Admission, metrics: Metrics) -> APIRouter:
+def build_livepeer_router(settings: Settings, admission: Admission) -> APIRouter:
     router = APIRouter()
     max_field_bytes = settings.max_field_bytes
-    form_limits = {"max_part_size": max_field_bytes}
     limits = prompt_limits(settings)
 
     @router.post(
@@ -97,14 +66,14 @@ def build_router(settings: Settings, admission: Admission, metrics: Metrics) -> 
         summary="Segment Anything 2",
         tags=["generate"],
         openapi_extra={"x-speakeasy-name-override": "segmentAnything2"},
-        form_limits=form_limits,
+        form_limits={"max_part_size": max_field_bytes},
     )
     @router.post(
         SEGMENT_PATH + "/",
         response_model=MasksResponse,
         responses=RESPONSES,
         include_in_schema=False,
-        form_limits=form_limits,
+        form_limits={"max_part_size": max_field_bytes},
     )
     # The optional array fields have a None default, as in the reference; they
     # also accept a file part (curl's natural `-F mask_input=@logits.json`).
@@ -239,7 +208,7 @@ def build_router(settings: Settings, admission: Admission, metrics: Metrics) -> 
                 model, image_bytes, prompt, timings=timings, cancelled=cancelled
             )
             # Only the native answer names the image; Livepeer's answer needs no second hash.
-            image_id = "" if native_format is None else hashlib.sha256(image_bytes).hexdigest()
+            image_id = "" if native_format is None else image_id_of(image_bytes)
             return image_id, check_finite(prediction)
 
         (image_id, prediction), ticket = await run_admitted(request, admission, cost, timings, work)
@@ -266,37 +235,6 @@ def build_router(settings: Settings, admission: Admission, metrics: Metrics) -> 
             media_type="application/json",
             stall_timeout_s=settings.body_read_timeout_s,
         )
-
-    @router.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        metrics.queue_depth.set(admission.queued)
-        metrics.inflight.set(admission.running)
-        metrics.inflight_bytes.set(admission.in_use)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @router.get(
-        "/health",
-        response_model=HealthCheck,
-        response_model_exclude_none=True,
-        operation_id="health",
-    )
-    async def health(segmenter: Segmenter = Depends(get_segmenter)) -> HealthCheck:
-        # `unavailable` only when a model failed: a healthy answer stays exactly
-        # the reference's `{"status": "OK"}`.
-        return HealthCheck(
-            status=segmenter.status,  # type: ignore[arg-type]
-            unavailable=segmenter.unavailable() or None,
-        )
-
-    @router.get("/version", response_model=VersionResponse, operation_id="version")
-    async def version(segmenter: Segmenter = Depends(get_segmenter)) -> VersionResponse:
-        return VersionResponse(
-            pipeline=PIPELINE, model_id=segmenter.default_model_id, version=__version__
-        )
-
-    @router.get("/stats", include_in_schema=False)
-    async def stats(segmenter: Segmenter = Depends(get_segmenter)) -> dict[str, Any]:
-        return segmenter.stats()
 
     return router
 
@@ -325,17 +263,6 @@ def _native_format(value: str | None) -> str | None:
             f"mask_format must be one of {', '.join(MASK_FORMATS)}; got {value[:40]!r}."
         )
     return value
-
-
-async def serialise(record: RequestRecord, ticket: Ticket, encode: Callable[[], bytes]) -> Response:
-    """Write a whole (small) answer off the event loop, then give the budget back."""
-    try:
-        started = time.perf_counter()
-        body = await run_in_threadpool(encode)
-        record.stages["serialise"] = time.perf_counter() - started
-    finally:
-        ticket.release()
-    return Response(body, media_type="application/json")
 
 
 def _check_answer_size(estimate: int, limit: int, prompt: Prompt) -> None:
@@ -368,46 +295,3 @@ def _timed_chunks(prediction: Prediction, record: RequestRecord) -> Iterator[byt
         if chunk is None:
             return
         yield chunk
-
-
-class Releasable(Protocol):
-    def release(self) -> None:
-        """Idempotent: called once the response is over, however it ended."""
-        ...
-
-
-class TicketedStream(StreamingResponse):
-    """A streamed answer that holds its admission ticket until the last byte
-    is sent, or the client goes away: the prediction's memory lives that long.
-
-    A client that stops reading would hold that memory forever (the socket's
-    buffers fill and every send waits), so a send that makes no progress for
-    `stall_timeout_s` ends the response and closes the connection.
-    """
-
-    def __init__(
-        self,
-        content: Iterator[bytes] | AsyncIterator[bytes],
-        ticket: Releasable,
-        media_type: str,
-        stall_timeout_s: float,
-    ) -> None:
-        super().__init__(content, media_type=media_type)
-        self.ticket = ticket
-        self.stall_timeout_s = stall_timeout_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def timed_send(message: Message) -> None:
-            try:
-                await asyncio.wait_for(send(message), timeout=self.stall_timeout_s)
-            except asyncio.TimeoutError:
-                raise OSError("client stopped reading the answer") from None
-
-        try:
-            await super().__call__(scope, receive, timed_send)
-        except (OSError, ClientDisconnect) as exc:
-            # The client left or stopped reading: nothing to answer, and the
-            # unfinished response makes the server close the connection.
-            logger.info("answer not delivered: %s", exc or "client disconnected")
-        finally:
-            self.ticket.release()

@@ -35,8 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,19 +43,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
-from sam2_server.predict import (
+from sam2_server.cli import target
+from sam2_server.cli.common import (
+    Subcommands,
     UsageError,
-    add_target_arguments,
-    check_target,
-    engine_errors,
-    load_engine,
-    local_settings,
+    add_command,
     make_output,
+    parse_label,
     parse_numbers,
     reason,
-    remote_errors,
+    run_command,
+    service_errors,
     spinner,
-    token_of,
+    writing_to,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +65,8 @@ if TYPE_CHECKING:
     from sam2_server.engine import Engine
 
 COMMAND = "track"
+# Its line in `sam2-server --help`.
+SUMMARY = "track objects through a video or a folder of frames: in this process, or --url"
 DEFAULT_OBJECT = 1
 MAX_OBJECT_ID = 2**31 - 1
 
@@ -88,11 +89,7 @@ def parse_frame_point(text: str) -> tuple[int, float, float, int]:
     """`F,X,Y` or `F,X,Y:LABEL` (label 1 foreground, 0 background)."""
     coords, _, label = text.partition(":")
     frame, x, y = parse_numbers(coords, 3, "F,X,Y[:LABEL]", text)
-    if label.strip() not in ("", "0", "1"):
-        raise argparse.ArgumentTypeError(
-            f"the label must be 1 (foreground) or 0 (background), got {text!r}"
-        )
-    return _frame(frame, text), x, y, int(label.strip() or "1")
+    return _frame(frame, text), x, y, parse_label(label, text)
 
 
 def parse_frame_box(text: str) -> tuple[int, float, float, float, float]:
@@ -141,14 +138,9 @@ class _Prompted(argparse.Action):
         namespace.prompts = [*namespace.prompts, (namespace.object, self.dest, values)]
 
 
-def add_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: Subcommands) -> argparse.ArgumentParser:
     """Add `track` to the `sam2-server` subcommands."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        COMMAND,
-        help="track objects through a video or a folder of frames: in this process, or --url",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(commands, COMMAND, SUMMARY, __doc__)
     parser.set_defaults(prompts=())
     parser.add_argument("video", help="a video file, or a folder of frame images")
     parser.add_argument(
@@ -184,7 +176,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--reverse", action="store_true", help="track towards the first frame instead"
     )
-    add_target_arguments(parser, COMMAND, url_help="a sam2-server to ask instead")
+    target.add_arguments(parser, url_help="a sam2-server to ask instead")
     return parser
 
 
@@ -279,7 +271,7 @@ def remote_session(
     """A session on the server through the client, closed at the end (no torch here)."""
     from sam2_server.client import Client
 
-    with remote_errors(url), Client(url, token, timeout=timeout) as client:
+    with target.remote_errors(url), Client(url, token, timeout=timeout) as client:
         with spinner(f"uploading {source.description} to {url}"):
             session = client.open_video(
                 video=source.video, frames=source.frames or None, model_id=model_id
@@ -316,21 +308,26 @@ class _LocalSession:
             for frame in steps:
                 yield frame.frame_index, dict(zip(frame.object_ids, frame.masks, strict=True))
         finally:
-            steps.close()
+            if isinstance(steps, Generator):  # release the session now, not when collected
+                steps.close()
 
 
 @contextlib.contextmanager
 def local_session(settings: Settings, source: Source) -> Iterator[Session]:
     """A session on the server's engine in this process, as the server would open it."""
-    engine = load_engine(settings)
-    with engine_errors(), spinner(f"reading {source.description}"), contextlib.ExitStack() as files:
+    engine = target.load_engine(settings)
+    with (
+        service_errors(),
+        spinner(f"reading {source.description}"),
+        contextlib.ExitStack() as files,
+    ):
         try:
             video = None if source.video is None else files.enter_context(source.video.open("rb"))
             frames = [io.BytesIO(path.read_bytes()) for path in source.frames]
         except OSError as exc:
             raise UsageError(f"cannot read {exc.filename}: {reason(exc)}") from None
         info = engine.videos.open(settings.default_model_id, video=video, frames=frames)
-    with engine_errors():
+    with service_errors():
         try:
             yield _LocalSession(engine, info)
         finally:
@@ -342,27 +339,20 @@ def local_session(settings: Settings, source: Source) -> Iterator[Session]:
 
 def run(args: argparse.Namespace) -> int:
     """The `track` command; returns the exit status."""
-    try:
-        return _run(args)
-    except UsageError as exc:
-        print(f"sam2-server {COMMAND}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"sam2-server {COMMAND}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(COMMAND, _run, args, catch_interrupt=True)
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_target(args)
+    target.check(args)
     prompts = group_prompts(args.prompts)
     if not prompts:
         raise UsageError("give at least one --point or --box (F,... with F the frame)")
     source = Source.of(Path(args.video))
     output = make_output(args.output)
     if args.url:
-        opened = remote_session(args.url, token_of(args), source, args.model_id, args.timeout)
+        opened = remote_session(args.url, target.token(args), source, args.model_id, args.timeout)
     else:
-        settings = local_settings(args.model_id, args.model_config, args.device)
+        settings = target.local_settings(args.model_id, args.model_config, args.device)
         opened = local_session(settings, source)
     with opened as session:
         for prompt in prompts:
@@ -395,9 +385,7 @@ def frame_file(frame_index: int, object_id: int) -> str:
 
 
 def write_frame(output: Path, frame_index: int, masks: dict[int, np.ndarray]) -> None:
-    try:
+    with writing_to(output):
         for object_id, mask in masks.items():
             image = Image.fromarray(mask.astype(np.uint8) * 255)
             image.save(output / frame_file(frame_index, object_id))
-    except OSError as exc:
-        raise UsageError(f"cannot write to {output}: {reason(exc)}") from None

@@ -1,0 +1,81 @@
+"""What the native surfaces (images, automatic masks, videos) share: the image id
+checked and looked up, JSON arrays, and the prompt checks' messages in native names.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Path, Request
+from fastapi.concurrency import run_in_threadpool
+
+from sam2_server.api.observe import RequestRecord
+from sam2_server.api.pipeline import check_model, request_record, require_ready
+from sam2_server.api.service import Segmenter
+from sam2_server.domain import IMAGE_ID_PATTERN, ImageInfo
+from sam2_server.errors import ImageNotCached, ServiceError, bad_request
+from sam2_server.prompts import array_from_json
+
+# The native API's field names, for messages shared with the Livepeer route's parser.
+_NATIVE_NAMES = (("point_coords", "points"), ("point_labels", "labels"))
+
+ImageId = Annotated[str, Path(description="SHA-256 (hex) of the image's bytes.")]
+
+
+def start_by_id(
+    request: Request, segmenter: Segmenter, model_id: str, image_id: str
+) -> tuple[RequestRecord, str]:
+    """A request on an image by id, its first checks in the contract's order: the model
+    (400), then the id's form (404); the record and the model id it resolved to."""
+    record = request_record(request)
+    model = check_model(segmenter, model_id)
+    record.details["model"] = model
+    check_image_id(image_id, model)
+    return record, model
+
+
+async def ready_image(segmenter: Segmenter, model: str, image_id: str) -> ImageInfo:
+    """Once the request's own fields are checked: the server is ready (503), and it
+    still holds the image (404)."""
+    require_ready(segmenter)
+    return await cached_image(segmenter, model, image_id)
+
+
+def check_image_id(image_id: str, model: str) -> None:
+    """A malformed id was never uploaded: the same 404, before the body is looked at."""
+    if not IMAGE_ID_PATTERN.match(image_id):
+        raise ImageNotCached(image_id, model)
+
+
+async def cached_image(segmenter: Segmenter, model: str, image_id: str) -> ImageInfo:
+    """The image's description, or the 404 once the server no longer holds it.
+
+    Off the event loop: in a cluster a replica may fetch the upload to describe it.
+    """
+    info = await run_in_threadpool(segmenter.find_image, model, image_id)
+    if info is None:
+        raise ImageNotCached(image_id, model)
+    return info
+
+
+def in_native_names(error: ServiceError) -> ServiceError:
+    """A 400 of the shared prompt checks, with the native API's field names."""
+    message = error.message
+    for livepeer_name, native_name in _NATIVE_NAMES:
+        message = message.replace(livepeer_name, native_name)
+    return bad_request(message)
+
+
+def json_array(value: list[Any] | None, name: str) -> Any:
+    """An empty list means "not given", as an empty form field does on the Livepeer route."""
+    return array_from_json(value, name) if value else None
+
+
+def image_fields(info: ImageInfo) -> dict[str, Any]:
+    return {
+        "image_id": info.image_id,
+        "model_id": info.model_id,
+        "width": info.width,
+        "height": info.height,
+        "cached": info.cached,
+    }

@@ -1,0 +1,18 @@
+"""Every route's path, in one place that imports nothing.
+
+The route modules, the app's guard and metrics, and the cluster's router
+all name paths; they import them from here, so that no route module (nor the
+cluster, which must not pull in FastAPI routes to compute a routing key)
+imports another for a constant. The paths are the contracts': fixed.
+"""
+
+from __future__ import annotations
+
+SEGMENT_PATH = "/segment-anything-2"  # Livepeer's route
+IMAGES_PATH = "/v1/images"  # the native API's images, automatic masks under them
+VIDEOS_PATH = "/v1/videos"  # video sessions
+OPS_PATHS = ("/stats", "/metrics")
+HARDWARE_PATHS = ("/hardware/info", "/hardware/stats")  # Livepeer's runner's
+WEB_PREFIX = "/web"  # the page's assets; the page itself is "/"
+# Whole paths the metrics name as themselves (the rest: by their prefix).
+ROUTES = (SEGMENT_PATH, "/health", "/version", *OPS_PATHS, "/openapi.json", "/docs", "/")
