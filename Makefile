@@ -12,9 +12,13 @@ test:
 test-cluster:
 	.venv/bin/python -m pytest -q -m cluster
 
+# ruff; the layering contracts of docs/architecture.md (import-linter, [tool.importlinter]
+# in pyproject.toml); the type checker over api/, engine/, codecs/, cli/ and serving.py.
 lint:
 	.venv/bin/ruff check
 	.venv/bin/ruff format --check
+	.venv/bin/lint-imports
+	.venv/bin/mypy
 
 serve:
 	.venv/bin/sam2-server serve

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -105,6 +106,16 @@ class Timings:
     encode_s: float = 0.0
     decode_s: float = 0.0
     cache_hit: bool = True
+
+
+@dataclass
+class Work:
+    """One request's work as the engine sees it: where its time goes (`timings`, filled
+    in) and whether anyone still waits for it (`cancelled()`, asked before each step
+    that would start work; None: always someone)."""
+
+    timings: Timings = field(default_factory=Timings)
+    cancelled: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sam2_server.domain import AutomaticParams, Prompt
+from sam2_server.domain import AutomaticParams, Prompt, Work
 from sam2_server.errors import Cancelled
 from tests.api.test_automatic import DATA, IMAGE_ID
 
@@ -40,7 +40,9 @@ def test_the_embedding_keeps_its_upload(engine):
 def test_a_client_gone_before_the_work_stops_it(engine):
     before = engine.encoder.encoded_images
     with pytest.raises(Cancelled):
-        engine.automatic_masks(engine.default_model_id, IMAGE_ID, PARAMS, cancelled=lambda: True)
+        engine.automatic_masks(
+            engine.default_model_id, IMAGE_ID, PARAMS, Work(cancelled=lambda: True)
+        )
     assert engine.encoder.encoded_images == before
 
 
@@ -53,7 +55,7 @@ def test_a_client_gone_during_the_work_stops_it_at_the_next_batch(engine):
         return asked > 2  # before the work, then the first batch; the second is refused
 
     with pytest.raises(Cancelled):
-        engine.automatic_masks(engine.default_model_id, IMAGE_ID, PARAMS, cancelled=cancelled)
+        engine.automatic_masks(engine.default_model_id, IMAGE_ID, PARAMS, Work(cancelled=cancelled))
     assert asked == 3  # not 5: the last two batches never ran
 
 

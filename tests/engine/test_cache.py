@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
-from sam2_server.engine.cache import EmbeddingCache
 
 from sam2_server.domain import Prompt
 from sam2_server.engine import Engine
+from sam2_server.engine.cache import EmbeddingCache
 from sam2_server.engine.cpu import CpuFeatures
 from tests.conftest import image_bytes
 

@@ -20,7 +20,7 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 import sam2_server.engine.loading as loading_module
 from sam2_server.api.errors import headers_of, status_of
 from sam2_server.config import Settings
-from sam2_server.domain import Prediction, Prompt
+from sam2_server.domain import Prediction, Prompt, Work
 from sam2_server.engine import Engine
 from sam2_server.engine import registry as registry_module
 from sam2_server.engine.models import ModelLoadError
@@ -281,22 +281,22 @@ def test_cancelled_before_work_starts(reduced_model, copies, count_builds):
     misses = engine.encoder.cache.stats().misses
 
     with pytest.raises(Cancelled):  # before the model loads
-        engine.segment(b, png(12), PROMPT, cancelled=lambda: True)
+        engine.segment(b, png(12), PROMPT, Work(cancelled=lambda: True))
     assert count_builds == [a]
     assert states(engine)[b] == "not loaded"
 
     with pytest.raises(Cancelled):  # before the image is decoded and encoded
-        engine.segment(a, png(12), PROMPT, cancelled=lambda: True)
+        engine.segment(a, png(12), PROMPT, Work(cancelled=lambda: True))
     assert engine.encoder.encoded_images == 0
     assert engine.encoder.cache.stats().misses == misses
 
     answers = iter([False, True])  # the client leaves during the encode
     with pytest.raises(Cancelled):  # before the prompt decode; the encode ran to its end
-        engine.segment(a, png(12), PROMPT, cancelled=lambda: next(answers))
+        engine.segment(a, png(12), PROMPT, Work(cancelled=lambda: next(answers)))
     assert engine.encoder.encoded_images == 1
     assert engine.encoder.cache.stats().entries == 1
 
-    assert engine.segment(a, png(12), PROMPT, cancelled=lambda: False).masks.shape[0] == 3
+    assert engine.segment(a, png(12), PROMPT, Work(cancelled=lambda: False)).masks.shape[0] == 3
 
 
 def test_requests_before_load_ends_are_told_to_retry(reduced_model, copies):

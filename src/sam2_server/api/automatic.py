@@ -31,7 +31,7 @@ from sam2_server.api.responses import serialise
 from sam2_server.api.schemas import NATIVE_RESPONSES
 from sam2_server.codecs.automatic import automatic_answer, estimate_answer_bytes
 from sam2_server.config import Settings, machine_memory_bytes
-from sam2_server.domain import AutomaticParams, ImageInfo, MaskRecord, Timings
+from sam2_server.domain import AutomaticParams, ImageInfo, MaskRecord, Timings, Work
 from sam2_server.errors import bad_request
 from sam2_server.prompts import AutomaticLimits, check_automatic
 
@@ -156,7 +156,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
             logger.warning("automatic masks on %s: %s", image_id[:12], warning)
 
         def work(cancelled: Callable[[], bool]) -> tuple[ImageInfo, list[MaskRecord]]:
-            return segmenter.automatic_masks(model, image_id, params, timings, cancelled)
+            return segmenter.automatic_masks(model, image_id, params, Work(timings, cancelled))
 
         cost = automatic_work_bytes(params, info.height, info.width)
         _check_work(params, info.height, info.width, cost, work_ceiling)

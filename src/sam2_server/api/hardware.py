@@ -13,12 +13,15 @@ this module never imports torch.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from sam2_server import PIPELINE
 from sam2_server.api.deps import SegmenterDep as Engine
+from sam2_server.api.service import Segmenter
 
 
 class GPUComputeInfo(BaseModel):
@@ -66,22 +69,28 @@ def build_hardware_router() -> APIRouter:
     @router.get("/hardware/info", response_model=HardwareInformation, operation_id="hardware_info")
     @router.get("/hardware/info/", response_model=HardwareInformation, include_in_schema=False)
     async def hardware_info(segmenter: Engine) -> HardwareInformation:
-        # Off the event loop, as the runner does: the first CUDA query can be slow.
-        gpus = await run_in_threadpool(segmenter.hardware)
+        gpus = await _gpus(segmenter)
         return HardwareInformation(
-            pipeline=PIPELINE,
-            model_id=segmenter.default_model_id,
-            gpu_info={i: GPUComputeInfo.model_validate(g) for i, g in gpus.items()},
+            **_who(segmenter), gpu_info={i: GPUComputeInfo.model_validate(g) for i, g in gpus}
         )
 
     @router.get("/hardware/stats", response_model=HardwareStats, operation_id="hardware_stats")
     @router.get("/hardware/stats/", response_model=HardwareStats, include_in_schema=False)
     async def hardware_stats(segmenter: Engine) -> HardwareStats:
-        gpus = await run_in_threadpool(segmenter.hardware)
+        gpus = await _gpus(segmenter)
         return HardwareStats(
-            pipeline=PIPELINE,
-            model_id=segmenter.default_model_id,
-            gpu_stats={i: GPUUtilizationInfo.model_validate(g) for i, g in gpus.items()},
+            **_who(segmenter), gpu_stats={i: GPUUtilizationInfo.model_validate(g) for i, g in gpus}
         )
 
     return router
+
+
+async def _gpus(segmenter: Segmenter) -> list[tuple[int, dict[str, Any]]]:
+    """The engine's GPUs, off the event loop as the runner does: the first CUDA query
+    can be slow."""
+    gpus = await run_in_threadpool(segmenter.hardware)
+    return list(gpus.items())
+
+
+def _who(segmenter: Segmenter) -> dict[str, Any]:
+    return {"pipeline": PIPELINE, "model_id": segmenter.default_model_id}

@@ -27,11 +27,10 @@ from sam2_server.api.observe import RequestRecord
 from sam2_server.api.paths import SEGMENT_PATH
 from sam2_server.api.pipeline import (
     check_finite,
-    check_model,
     prompt_limits,
-    request_record,
     require_ready,
     run_admitted,
+    start_request,
 )
 from sam2_server.api.responses import TicketedStream, serialise
 from sam2_server.api.schemas import RESPONSES, MasksResponse
@@ -39,7 +38,7 @@ from sam2_server.api.service import Segmenter
 from sam2_server.codecs import encode_livepeer, estimate_livepeer_bytes, iter_livepeer
 from sam2_server.codecs.native import MASK_FORMATS, native_answer
 from sam2_server.config import Settings
-from sam2_server.domain import Prediction, Prompt, Timings, image_id_of
+from sam2_server.domain import Prediction, Prompt, Timings, Work, image_id_of
 from sam2_server.errors import bad_request, field_too_large
 from sam2_server.prompts import build_prompt
 
@@ -162,9 +161,7 @@ def build_livepeer_router(settings: Settings, admission: Admission) -> APIRouter
     ) -> Response:
         # Order of checks as in the reference: (form 422, auth 401 already done),
         # model_id, array fields, then the image and inference.
-        record = request_record(request)
-        model = check_model(segmenter, model_id)
-        record.details["model"] = model
+        record, model = start_request(request, segmenter, model_id)
         native_format = _native_format(mask_format)
         fields = [point_coords, point_labels, box, mask_input]
         texts = [
@@ -204,9 +201,7 @@ def build_livepeer_router(settings: Settings, admission: Admission) -> APIRouter
         def work(cancelled: Callable[[], bool]) -> tuple[str, Prediction]:
             image.file.seek(0)
             image_bytes = image.file.read()
-            prediction = segmenter.segment(
-                model, image_bytes, prompt, timings=timings, cancelled=cancelled
-            )
+            prediction = segmenter.segment(model, image_bytes, prompt, Work(timings, cancelled))
             # Only the native answer names the image; Livepeer's answer needs no second hash.
             image_id = "" if native_format is None else image_id_of(image_bytes)
             return image_id, check_finite(prediction)

@@ -37,15 +37,15 @@ from sam2_server.api.pipeline import (
     check_finite,
     check_model,
     prompt_limits,
-    request_record,
     require_ready,
     run_admitted,
+    start_request,
 )
 from sam2_server.api.responses import json_response, serialise
 from sam2_server.api.schemas import NATIVE_RESPONSES
 from sam2_server.codecs.native import native_answer, unpack_array
 from sam2_server.config import Settings
-from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings
+from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings, Work
 from sam2_server.errors import ServiceError, bad_request
 from sam2_server.prompts import PromptLimits, check_numbers, prompt_from_arrays
 
@@ -125,9 +125,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         image: Annotated[UploadFile, File(description="Image to segment.")],
         model_id: Annotated[str, Form(description="Empty: the server's default model.")] = "",
     ) -> Response:
-        record = request_record(request)
-        model = check_model(segmenter, model_id)
-        record.details["model"] = model
+        record, model = start_request(request, segmenter, model_id)
         require_ready(segmenter)
         width, height = await run_in_threadpool(segmenter.image_size, image.file)
         upload_bytes = image.size or 0
@@ -136,7 +134,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
 
         def work(cancelled: Callable[[], bool]) -> ImageInfo:
             image.file.seek(0)
-            return segmenter.add_image(model, image.file.read(), timings, cancelled)
+            return segmenter.add_image(model, image.file.read(), Work(timings, cancelled))
 
         cost = estimate_work_bytes(0, 0, height, width) + upload_bytes
         info, ticket = await run_admitted(request, admission, cost, timings, work)
@@ -182,7 +180,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
 
         def work(cancelled: Callable[[], bool]) -> tuple[ImageInfo, Prediction]:
             found, prediction = segmenter.segment_cached(
-                model, image_id, prompt, timings, cancelled
+                model, image_id, prompt, Work(timings, cancelled)
             )
             return found, check_finite(prediction)
 

@@ -10,7 +10,7 @@ from fastapi import Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from sam2_server.api.observe import RequestRecord
-from sam2_server.api.pipeline import check_model, request_record, require_ready
+from sam2_server.api.pipeline import require_ready, start_request
 from sam2_server.api.service import Segmenter
 from sam2_server.domain import IMAGE_ID_PATTERN, ImageInfo
 from sam2_server.errors import ImageNotCached, ServiceError, bad_request
@@ -27,9 +27,7 @@ def start_by_id(
 ) -> tuple[RequestRecord, str]:
     """A request on an image by id, its first checks in the contract's order: the model
     (400), then the id's form (404); the record and the model id it resolved to."""
-    record = request_record(request)
-    model = check_model(segmenter, model_id)
-    record.details["model"] = model
+    record, model = start_request(request, segmenter, model_id)
     check_image_id(image_id, model)
     return record, model
 

@@ -48,6 +48,17 @@ def check_model(segmenter: Segmenter, model_id: str | None) -> str:
     return model_id or segmenter.default_model_id
 
 
+def start_request(
+    request: Request, segmenter: Segmenter, model_id: str | None
+) -> tuple[RequestRecord, str]:
+    """An inference request's first check, the model (400), and the record that the
+    access log and metrics keep of it, naming the model it resolved to."""
+    record = request_record(request)
+    model = check_model(segmenter, model_id)
+    record.details["model"] = model
+    return record, model
+
+
 def prompt_limits(settings: Settings) -> PromptLimits:
     """The work limits of every prompt, from the server's settings."""
     return PromptLimits(

@@ -16,9 +16,9 @@ from sam2_server.domain import (
     MaskRecord,
     Prediction,
     Prompt,
-    Timings,
     VideoInfo,
     VideoPrompt,
+    Work,
 )
 
 
@@ -100,23 +100,12 @@ class Segmenter(Protocol):
         ...
 
     def segment(
-        self,
-        model_id: str,
-        image_bytes: bytes,
-        prompt: Prompt,
-        timings: Timings | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        self, model_id: str, image_bytes: bytes, prompt: Prompt, work: Work | None = None
     ) -> Prediction:
-        """Raises `Cancelled` when `cancelled()` says the client left before work started."""
+        """Raises `Cancelled` when `work.cancelled()` says the client left before work started."""
         ...
 
-    def add_image(
-        self,
-        model_id: str,
-        image_bytes: bytes,
-        timings: Timings | None = None,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> ImageInfo:
+    def add_image(self, model_id: str, image_bytes: bytes, work: Work | None = None) -> ImageInfo:
         """Encode an upload (or find it cached) so that prompts can name it by its SHA-256."""
         ...
 
@@ -125,14 +114,9 @@ class Segmenter(Protocol):
         ...
 
     def segment_cached(
-        self,
-        model_id: str,
-        image_id: str,
-        prompt: Prompt,
-        timings: Timings | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        self, model_id: str, image_id: str, prompt: Prompt, work: Work | None = None
     ) -> tuple[ImageInfo, Prediction]:
-        """Decode a prompt on a cached image; ServiceError 404 when it is not cached."""
+        """Decode a prompt on a cached image; ImageNotCached when it is not cached."""
         ...
 
     def automatic_warnings(self, params: AutomaticParams) -> list[str]:
@@ -140,12 +124,7 @@ class Segmenter(Protocol):
         ...
 
     def automatic_masks(
-        self,
-        model_id: str,
-        image_id: str,
-        params: AutomaticParams,
-        timings: Timings | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        self, model_id: str, image_id: str, params: AutomaticParams, work: Work | None = None
     ) -> tuple[ImageInfo, list[MaskRecord]]:
         """SAM2AutomaticMaskGenerator on a cached image, records in the library's order.
 

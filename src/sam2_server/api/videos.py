@@ -28,7 +28,12 @@ from sam2_server.api.deps import SegmenterDep, bearer_scheme
 from sam2_server.api.errors import message_of, status_of
 from sam2_server.api.native_fields import in_native_names, json_array
 from sam2_server.api.paths import VIDEOS_PATH
-from sam2_server.api.pipeline import check_model, request_record, require_ready, run_admitted
+from sam2_server.api.pipeline import (
+    request_record,
+    require_ready,
+    run_admitted,
+    start_request,
+)
 from sam2_server.api.responses import TicketedStream, json_response
 from sam2_server.api.schemas import NATIVE_RESPONSES
 from sam2_server.codecs.video import frame_answer, frame_line, video_fields
@@ -124,9 +129,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
         ] = None,
         model_id: Annotated[str, Form(description="Empty: the server's default model.")] = "",
     ) -> Response:
-        record = request_record(request)
-        model = check_model(segmenter, model_id)
-        record.details["model"] = model
+        record, model = start_request(request, segmenter, model_id)
         frame_files = [f for f in frames or [] if f.filename or f.size]
         if (video is None) == (not frame_files):
             raise bad_request("Send either `video` (one video file) or `frames` (images).")

@@ -13,14 +13,14 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from sam2_server.domain import Timings, image_id_of
+from sam2_server.domain import Work, image_id_of
 from sam2_server.engine.batching import Batcher
 from sam2_server.engine.cache import EmbeddingCache
 from sam2_server.engine.compute import Compute
@@ -93,10 +93,11 @@ class Encoder:
         loaded: LoadedModel,
         model_id: str,
         image_bytes: bytes,
-        timings: Timings | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        work: Work,
     ) -> Embedding:
-        """The image's embedding: from the cache, or decoded and encoded once."""
+        """The image's embedding: from the cache, or decoded and encoded once (its time
+        in `work.timings`)."""
+        timings = work.timings
         key = (model_id, image_id_of(image_bytes))
 
         def compute() -> Embedding:
@@ -104,15 +105,14 @@ class Encoder:
             image = decode_image(image_bytes, max_pixels=self.max_pixels)
             t1 = time.perf_counter()
             embedding = replace(self._encode(loaded, model_id, image), image_bytes=image_bytes)
-            if timings is not None:
-                timings.decode_image_s = t1 - t0
-                timings.encode_s = time.perf_counter() - t1
-                timings.cache_hit = False
+            timings.decode_image_s = t1 - t0
+            timings.encode_s = time.perf_counter() - t1
+            timings.cache_hit = False
             return embedding
 
         # Here and not inside `compute`: a computation other requests wait on
         # (single-flight) must not be abandoned because its first asker left.
-        check_cancelled(cancelled)
+        check_cancelled(work.cancelled)
         return self.cache.get_or_compute(key, compute)
 
     def cached(self, model_id: str, image_id: str) -> Embedding | None:

@@ -33,6 +33,7 @@ from sam2_server.domain import (
     Prediction,
     Prompt,
     Timings,
+    Work,
     image_id_of,
 )
 from sam2_server.engine.automatic import AutomaticHooks, generate_masks, warnings_for
@@ -129,7 +130,9 @@ class Engine:
 
     def embed(self, model_id: str, image_bytes: bytes, timings: Timings | None = None) -> Embedding:
         """The image's embedding: from the cache, or decoded and encoded once."""
-        return self.encoder.embed(self.models.image_model(model_id), model_id, image_bytes, timings)
+        loaded = self.models.image_model(model_id)
+        work = Work(timings if timings is not None else Timings())
+        return self.encoder.embed(loaded, model_id, image_bytes, work)
 
     def decode(
         self, embedding: Embedding, prompt: Prompt, timings: Timings | None = None
@@ -139,23 +142,19 @@ class Engine:
         return decode(loaded, embedding, prompt, self.compute, timings)
 
     def segment(
-        self,
-        model_id: str,
-        image_bytes: bytes,
-        prompt: Prompt,
-        timings: Timings | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        self, model_id: str, image_bytes: bytes, prompt: Prompt, work: Work | None = None
     ) -> Prediction:
         """Embed (or take from the cache) and decode, with one model from start to end.
 
-        `cancelled()` is asked before each step that would start work (loading
-        the model, encoding the image, decoding the prompt): when true,
+        `work.cancelled()` is asked before each step that would start work
+        (loading the model, encoding the image, decoding the prompt): when true,
         `Cancelled` is raised instead. A step already started runs to its end.
         """
-        timings = timings if timings is not None else Timings()
-        loaded = self.models.image_model(model_id, cancelled)
-        embedding = self.encoder.embed(loaded, model_id, image_bytes, timings, cancelled)
-        check_cancelled(cancelled)
+        work = work if work is not None else Work()
+        timings = work.timings
+        loaded = self.models.image_model(model_id, work.cancelled)
+        embedding = self.encoder.embed(loaded, model_id, image_bytes, work)
+        check_cancelled(work.cancelled)
         result = decode(loaded, embedding, prompt, self.compute, timings)
         logger.debug(
             "segment on %s: %s, image decode %.3f s, encoder %.3f s, prompt decode %.3f s",
@@ -169,18 +168,12 @@ class Engine:
 
     # -- the native API: images by id ------------------------------------------------------
 
-    def add_image(
-        self,
-        model_id: str,
-        image_bytes: bytes,
-        timings: Timings | None = None,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> ImageInfo:
+    def add_image(self, model_id: str, image_bytes: bytes, work: Work | None = None) -> ImageInfo:
         """Encode an upload (or find it cached) so later prompts can name it by id."""
-        timings = timings if timings is not None else Timings()
-        loaded = self.models.image_model(model_id, cancelled)
-        embedding = self.encoder.embed(loaded, model_id, image_bytes, timings, cancelled)
-        return _info(image_id_of(image_bytes), embedding, cached=timings.cache_hit)
+        work = work if work is not None else Work()
+        loaded = self.models.image_model(model_id, work.cancelled)
+        embedding = self.encoder.embed(loaded, model_id, image_bytes, work)
+        return _info(image_id_of(image_bytes), embedding, cached=work.timings.cache_hit)
 
     def find_image(self, model_id: str, image_id: str) -> ImageInfo | None:
         """The image's description when its embedding is cached for `model_id`, else None."""
@@ -196,17 +189,12 @@ class Engine:
         return ImageInfo(image_id, model_id, width, height, cached=False)
 
     def segment_cached(
-        self,
-        model_id: str,
-        image_id: str,
-        prompt: Prompt,
-        timings: Timings | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        self, model_id: str, image_id: str, prompt: Prompt, work: Work | None = None
     ) -> tuple[ImageInfo, Prediction]:
         """Decode a prompt on an image uploaded before; not found once its embedding is gone."""
-        timings = timings if timings is not None else Timings()
-        loaded, embedding = self._by_id(model_id, image_id, cancelled)
-        prediction = decode(loaded, embedding, prompt, self.compute, timings)
+        work = work if work is not None else Work()
+        loaded, embedding = self._by_id(model_id, image_id, work.cancelled)
+        prediction = decode(loaded, embedding, prompt, self.compute, work.timings)
         return _info(image_id.lower(), embedding, cached=True), prediction
 
     def automatic_warnings(self, params: AutomaticParams) -> list[str]:
@@ -214,22 +202,18 @@ class Engine:
         return warnings_for(params, self.compute.device)
 
     def automatic_masks(
-        self,
-        model_id: str,
-        image_id: str,
-        params: AutomaticParams,
-        timings: Timings | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        self, model_id: str, image_id: str, params: AutomaticParams, work: Work | None = None
     ) -> tuple[ImageInfo, list[MaskRecord]]:
         """SAM2AutomaticMaskGenerator on an image uploaded before; not found once it is gone.
 
         The whole image's features come from the cache (no encoder run); only
         the smaller crops of `crop_n_layers > 0` are decoded from the kept
-        upload and encoded. `cancelled()` is asked before each batch of points
-        and each crop encode (see engine/automatic.py).
+        upload and encoded. `work.cancelled()` is asked before each batch of
+        points and each crop encode (see engine/automatic.py).
         """
-        timings = timings if timings is not None else Timings()
-        loaded, embedding = self._by_id(model_id, image_id, cancelled)
+        work = work if work is not None else Work()
+        timings = work.timings
+        loaded, embedding = self._by_id(model_id, image_id, work.cancelled)
         pixels = None
         if params.crop_n_layers > 0:
             if not embedding.image_bytes:  # not built by the encoder: nothing to crop
@@ -241,7 +225,7 @@ class Engine:
         hooks = AutomaticHooks(
             loaded.encode_lock,
             loaded.decode_lock,
-            cancelled,
+            work.cancelled,
             on_encoded=lambda: self.encoder.count(1),
         )
         t1 = time.perf_counter()
@@ -281,7 +265,7 @@ class Engine:
             data = self._refetch(image_id)
             if data is None:
                 raise ImageNotCached(image_id, model_id)
-            embedding = self.encoder.embed(loaded, model_id, data, None, cancelled)
+            embedding = self.encoder.embed(loaded, model_id, data, Work(cancelled=cancelled))
         with self._hits_lock:
             self._hits_by_id += 1
         check_cancelled(cancelled)
