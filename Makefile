@@ -13,12 +13,14 @@ test-cluster:
 	.venv/bin/python -m pytest -q -m cluster
 
 # ruff; the layering contracts of docs/architecture.md (import-linter, [tool.importlinter]
-# in pyproject.toml); the type checker over api/, engine/, codecs/, cli/ and serving.py.
+# in pyproject.toml); the type checker over api/, engine/, codecs/, cli/, client/ and
+# serving.py; the sync client is what scripts/unasync.py generates from the async one.
 lint:
 	.venv/bin/ruff check
 	.venv/bin/ruff format --check
 	.venv/bin/lint-imports
 	.venv/bin/mypy
+	.venv/bin/python scripts/unasync.py --check
 
 serve:
 	.venv/bin/sam2-server serve
