@@ -44,7 +44,7 @@ class SlowLoader:
     def stats(self) -> dict:
         return {}
 
-    def segment(self, model_id: str, image_bytes: bytes, prompt: Prompt, **_) -> Prediction:
+    def segment(self, model_id: str, image_bytes: bytes, prompt: Prompt, *_) -> Prediction:
         if self.error:
             raise ServiceError(ErrorKind.UNAVAILABLE, f"{model_id} is unavailable: {self.error}")
         ones = np.ones((3, 2, 2), np.float32)

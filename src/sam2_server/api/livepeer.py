@@ -23,6 +23,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from sam2_server.api.admission import Admission, estimate_work_bytes
 from sam2_server.api.deps import bearer_scheme, get_segmenter
+from sam2_server.api.native_fields import segment_answer
 from sam2_server.api.observe import RequestRecord
 from sam2_server.api.paths import SEGMENT_PATH
 from sam2_server.api.pipeline import (
@@ -36,9 +37,9 @@ from sam2_server.api.responses import TicketedStream, serialise
 from sam2_server.api.schemas import RESPONSES, MasksResponse
 from sam2_server.api.service import Segmenter
 from sam2_server.codecs import encode_livepeer, estimate_livepeer_bytes, iter_livepeer
-from sam2_server.codecs.native import MASK_FORMATS, native_answer
+from sam2_server.codecs.native import MASK_FORMATS
 from sam2_server.config import Settings
-from sam2_server.domain import Prediction, Prompt, Timings, Work, image_id_of
+from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings, Work, image_id_of
 from sam2_server.errors import bad_request, field_too_large
 from sam2_server.prompts import build_prompt
 
@@ -208,19 +209,9 @@ def build_livepeer_router(settings: Settings, admission: Admission) -> APIRouter
 
         (image_id, prediction), ticket = await run_admitted(request, admission, cost, timings, work)
         if native_format is not None:
-            return await serialise(
-                record,
-                ticket,
-                partial(
-                    native_answer,
-                    prediction,
-                    image_id=image_id,
-                    model_id=model,
-                    width=width,
-                    height=height,
-                    mask_format=native_format,
-                    return_logits=True,
-                ),
+            named = ImageInfo(image_id, model, width, height, cached=False)
+            return await segment_answer(
+                record, ticket, prediction, named, native_format, return_logits=True
             )
         if answer_bytes <= STREAM_ABOVE_BYTES:
             return await serialise(record, ticket, partial(encode_livepeer, prediction))

@@ -12,7 +12,6 @@ shape are those of the Livepeer route (see `pipeline.py`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
@@ -30,6 +29,7 @@ from sam2_server.api.native_fields import (
     in_native_names,
     json_array,
     ready_image,
+    segment_answer,
     start_by_id,
 )
 from sam2_server.api.paths import IMAGES_PATH
@@ -41,9 +41,9 @@ from sam2_server.api.pipeline import (
     run_admitted,
     start_request,
 )
-from sam2_server.api.responses import json_response, serialise
+from sam2_server.api.responses import json_response
 from sam2_server.api.schemas import NATIVE_RESPONSES
-from sam2_server.codecs.native import native_answer, unpack_array
+from sam2_server.codecs.native import unpack_array
 from sam2_server.config import Settings
 from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings, Work
 from sam2_server.errors import ServiceError, bad_request
@@ -186,19 +186,8 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
 
         cost = estimate_work_bytes(objects, candidates, info.height, info.width)
         (found, prediction), ticket = await run_admitted(request, admission, cost, timings, work)
-        return await serialise(
-            record,
-            ticket,
-            partial(
-                native_answer,
-                prediction,
-                image_id=found.image_id,
-                model_id=model,
-                width=found.width,
-                height=found.height,
-                mask_format=body.mask_format,
-                return_logits=body.return_logits,
-            ),
+        return await segment_answer(
+            record, ticket, prediction, found, body.mask_format, return_logits=body.return_logits
         )
 
     return router

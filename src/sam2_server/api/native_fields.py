@@ -1,18 +1,24 @@
 """What the native surfaces (images, automatic masks, videos) share: the image id
-checked and looked up, JSON arrays, and the prompt checks' messages in native names.
+checked and looked up, JSON arrays, the prompt checks' messages in native names,
+and the segment answer (which the Livepeer route also gives on request).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import Path, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
+from sam2_server.api.admission import Ticket
 from sam2_server.api.observe import RequestRecord
 from sam2_server.api.pipeline import require_ready, start_request
+from sam2_server.api.responses import serialise
 from sam2_server.api.service import Segmenter
-from sam2_server.domain import IMAGE_ID_PATTERN, ImageInfo
+from sam2_server.codecs.native import native_answer
+from sam2_server.domain import IMAGE_ID_PATTERN, ImageInfo, Prediction
 from sam2_server.errors import ImageNotCached, ServiceError, bad_request
 from sam2_server.prompts import array_from_json
 
@@ -77,3 +83,27 @@ def image_fields(info: ImageInfo) -> dict[str, Any]:
         "height": info.height,
         "cached": info.cached,
     }
+
+
+async def segment_answer(
+    record: RequestRecord,
+    ticket: Ticket,
+    prediction: Prediction,
+    image: ImageInfo,
+    mask_format: str,
+    *,
+    return_logits: bool,
+) -> Response:
+    """The native segment answer (binary masks, scores, packed logits) on `image`, as
+    both the native route and the Livepeer route's `mask_format` write it."""
+    encode = partial(
+        native_answer,
+        prediction,
+        image_id=image.image_id,
+        model_id=image.model_id,
+        width=image.width,
+        height=image.height,
+        mask_format=mask_format,
+        return_logits=return_logits,
+    )
+    return await serialise(record, ticket, encode)
