@@ -2,7 +2,7 @@
 
 The environment variable names follow Livepeer's runner (`MODEL_ID`,
 `AUTH_TOKEN`, `PORT`) so that a container configured for it runs this server
-unchanged; CLI flags override them (see `cli.py`).
+unchanged; CLI flags override them (see `cli/serve.py`).
 """
 
 from __future__ import annotations

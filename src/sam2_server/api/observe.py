@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,26 +107,8 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         stats = self._stats()
-        cache = stats.get("cache", {})
-        for name, key, doc in (
-            ("sam2_cache_hits", "hits", "Embedding cache hits."),
-            ("sam2_cache_misses", "misses", "Embedding cache misses (images encoded)."),
-            ("sam2_cache_coalesced", "coalesced", "Requests that waited for another's encode."),
-            ("sam2_cache_evictions", "evictions", "Embeddings evicted from the cache."),
-        ):
-            yield CounterMetricFamily(name, doc, value=cache.get(key, 0))
-        yield GaugeMetricFamily("sam2_cache_bytes", "Embedding cache size.", cache.get("bytes", 0))
-        yield GaugeMetricFamily(
-            "sam2_cache_entries", "Embeddings cached.", value=cache.get("entries", 0)
-        )
-        yield GaugeMetricFamily(
-            "sam2_cache_max_bytes", "Embedding cache bound.", value=cache.get("max_bytes", 0)
-        )
-        yield CounterMetricFamily(
-            "sam2_encoded_images",
-            "Images run through the image encoder.",
-            value=stats.get("encoded_images", 0),
-        )
+        yield from _families(_CACHE_FAMILIES, stats.get("cache", {}))
+        yield from _families(_ENCODER_FAMILIES, stats)
         models = stats.get("models")
         if isinstance(models, dict):
             loaded = GaugeMetricFamily(
@@ -138,24 +120,41 @@ class _EngineCollector(Collector):
             yield loaded
         video = stats.get("video")
         if isinstance(video, dict):
-            yield GaugeMetricFamily(
-                "sam2_video_sessions", "Video sessions open.", value=video.get("sessions", 0)
-            )
-            yield GaugeMetricFamily(
-                "sam2_video_bytes",
-                "Memory held by video sessions (frames and SAM2 state).",
-                value=video.get("bytes", 0),
-            )
-            yield CounterMetricFamily(
-                "sam2_video_frames_propagated",
-                "Frames computed by video propagations.",
-                value=video.get("frames_propagated", 0),
-            )
-            yield CounterMetricFamily(
-                "sam2_video_sessions_expired",
-                "Video sessions closed for being idle.",
-                value=video.get("expired", 0),
-            )
+            yield from _families(_VIDEO_FAMILIES, video)
+
+
+# The engine's /stats counters as Prometheus families: (kind, name, key, help), read
+# from one section of /stats each, in the order they are exposed.
+_C, _G = CounterMetricFamily, GaugeMetricFamily
+_Family = tuple[type[CounterMetricFamily | GaugeMetricFamily], str, str, str]
+_CACHE_FAMILIES: tuple[_Family, ...] = (
+    (_C, "sam2_cache_hits", "hits", "Embedding cache hits."),
+    (_C, "sam2_cache_misses", "misses", "Embedding cache misses (images encoded)."),
+    (_C, "sam2_cache_coalesced", "coalesced", "Requests that waited for another's encode."),
+    (_C, "sam2_cache_evictions", "evictions", "Embeddings evicted from the cache."),
+    (_G, "sam2_cache_bytes", "bytes", "Embedding cache size."),
+    (_G, "sam2_cache_entries", "entries", "Embeddings cached."),
+    (_G, "sam2_cache_max_bytes", "max_bytes", "Embedding cache bound."),
+)
+_ENCODER_FAMILIES: tuple[_Family, ...] = (
+    (_C, "sam2_encoded_images", "encoded_images", "Images run through the image encoder."),
+)
+_VIDEO_FAMILIES: tuple[_Family, ...] = (
+    (_G, "sam2_video_sessions", "sessions", "Video sessions open."),
+    (_G, "sam2_video_bytes", "bytes", "Memory held by video sessions (frames and SAM2 state)."),
+    (
+        _C,
+        "sam2_video_frames_propagated",
+        "frames_propagated",
+        "Frames computed by video propagations.",
+    ),
+    (_C, "sam2_video_sessions_expired", "expired", "Video sessions closed for being idle."),
+)
+
+
+def _families(families: Iterable[_Family], values: dict[str, Any]) -> Iterator[Metric]:
+    for kind, name, key, doc in families:
+        yield kind(name, doc, value=values.get(key, 0))
 
 
 class Observer:

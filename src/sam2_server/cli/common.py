@@ -80,16 +80,30 @@ def run_command(
         return INTERRUPTED_STATUS
 
 
+Describe = Callable[[Exception], str]
+
+
 @contextlib.contextmanager
-def service_errors() -> Iterator[None]:
+def one_line(
+    *cases: tuple[type[Exception] | tuple[type[Exception], ...], Describe],
+) -> Iterator[None]:
+    """Failures of the kinds in `cases` as a `UsageError` of one line, described by the
+    first case that matches; anything else goes on as it is (a bug keeps its traceback)."""
+    try:
+        yield
+    except Exception as exc:
+        for kinds, describe in cases:
+            if isinstance(exc, kinds):
+                raise UsageError(describe(exc)) from None
+        raise
+
+
+def service_errors() -> contextlib.AbstractContextManager[None]:
     """The server's own refusals (a `ServiceError`, its 4xx and 5xx: a bad prompt or
     parameter, an image it cannot decode, what the engine refuses) as one line."""
     from sam2_server.errors import ServiceError
 
-    try:
-        yield
-    except ServiceError as exc:
-        raise UsageError(exc.message) from None
+    return one_line((ServiceError, str))
 
 
 # -- argument syntax -----------------------------------------------------------------------
@@ -144,13 +158,9 @@ def make_output(folder: str | os.PathLike[str]) -> Path:
     return output
 
 
-@contextlib.contextmanager
-def writing_to(output: Path) -> Iterator[None]:
+def writing_to(output: Path) -> contextlib.AbstractContextManager[None]:
     """A failure to write the command's files into `output` as one line."""
-    try:
-        yield
-    except OSError as exc:
-        raise UsageError(f"cannot write to {output}: {reason(exc)}") from None
+    return one_line((OSError, lambda exc: f"cannot write to {output}: {reason(exc)}"))
 
 
 def as_model_saw_it(image_bytes: bytes) -> Image.Image:

@@ -15,10 +15,9 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from sam2_server.cli.common import UsageError, reason, spinner
+from sam2_server.cli.common import UsageError, one_line, reason, spinner
 
 if TYPE_CHECKING:
     from sam2_server.config import Settings
@@ -70,21 +69,17 @@ def token(args: argparse.Namespace) -> str | None:
 # -- on a server ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def remote_errors(url: str) -> Iterator[None]:
+def remote_errors(url: str) -> contextlib.AbstractContextManager[None]:
     """The client's failures as one line each: the server's answer, a bad URL, no server."""
     import httpx
 
     from sam2_server.client import Sam2Error
 
-    try:
-        yield
-    except Sam2Error as exc:
-        raise UsageError(f"the server answered {exc}") from None
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        raise UsageError(f"bad --url {url}: {exc}") from None
-    except httpx.HTTPError as exc:
-        raise UsageError(f"cannot talk to {url}: {reason(exc)}") from None
+    return one_line(
+        (Sam2Error, lambda exc: f"the server answered {exc}"),
+        ((httpx.InvalidURL, httpx.UnsupportedProtocol), lambda exc: f"bad --url {url}: {exc}"),
+        (httpx.HTTPError, lambda exc: f"cannot talk to {url}: {reason(exc)}"),
+    )
 
 
 # -- in this process -----------------------------------------------------------------------
