@@ -205,7 +205,10 @@ def test_default_parameters_are_the_librarys(client):
         ({"stability_score_thresh": -0.1}, "stability_score_thresh"),
         ({"box_nms_thresh": 2}, "box_nms_thresh"),
         ({"crop_nms_thresh": -1}, "crop_nms_thresh"),
-        ({"stability_score_offset": -1}, "stability_score_offset must be at least 0"),
+        ({"stability_score_offset": -1}, "stability_score_offset must be between 0 and 1e+06"),
+        ({"stability_score_offset": 1e7}, "stability_score_offset must be between 0 and 1e+06"),
+        ({"mask_threshold": 1e40}, "mask_threshold must be between -1e+06 and 1e+06"),
+        ({"mask_threshold": -2e6}, "mask_threshold"),
         ({"crop_overlap_ratio": 1.0}, "crop_overlap_ratio"),
         ({"crop_overlap_ratio": -0.5}, "crop_overlap_ratio"),
         ({"crop_n_points_downscale_factor": 0}, "crop_n_points_downscale_factor"),
@@ -247,6 +250,23 @@ def test_bad_json_and_bad_types_are_422(client, uploaded):
     assert client.post(path, json={"mask_format": "gif"}).status_code == 422
     assert client.post(path, json={"points_per_side": "many"}).status_code == 422
     assert client.post(path, json={"use_m2m": "maybe"}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"points_per_sid": 8}, {"points_per_side": 8, "mask_treshold": 0.5, "extra": None}],
+)
+def test_unknown_fields_are_422_naming_them(client, uploaded, body):
+    """A misspelt parameter must not run the defaults silently."""
+    response = client.post(f"/v1/images/{uploaded}/automatic-masks", json=body)
+    assert response.status_code == 422
+    unknown = {name for name in body if name != "points_per_side"}
+    named = {
+        error["loc"][-1]
+        for error in response.json()["detail"]
+        if error["type"] == "extra_forbidden"
+    }
+    assert named == unknown
 
 
 def test_unknown_image_is_the_segment_routes_404(client):

@@ -202,6 +202,9 @@ def test_bad_json_and_bad_types_are_422(client, uploaded):
     )
     assert client.post(path, json={"mask_format": "gif"}).status_code == 422
     assert client.post(path, json={"multimask_output": "maybe"}).status_code == 422
+    misspelt = client.post(path, json={"box": [1, 2, 30, 40], "multimask": False})
+    assert misspelt.status_code == 422
+    assert [e["loc"] for e in misspelt.json()["detail"]] == [["body", "multimask"]]
 
 
 def test_segment_on_an_unknown_image_is_404(client):

@@ -170,6 +170,14 @@ def test_remove_reset_and_close(video_client: TestClient, video: str) -> None:
     assert [[o["object_id"] for o in line["objects"]] for line in lines] == [[5], [5]]
     assert video_client.post(f"{base}/reset").json()["objects"] == []
     assert video_client.post(f"{base}/propagate", json={}).status_code == 400
+    # Misspelt fields are refused by name, not ignored.
+    for path, body in (
+        ("prompts", {"frame_index": 0, "object_id": 1, "box": BOX.tolist(), "obj_id": 2}),
+        ("propagate", {"max_frame": 1}),
+    ):
+        refused = video_client.post(f"{base}/{path}", json=body)
+        assert refused.status_code == 422
+        assert [e["loc"][-1] for e in refused.json()["detail"]] == [next(reversed(body))]
     assert video_client.delete(base).status_code == 204
     assert video_client.get(base).status_code == 404
     assert video_client.delete(base).status_code == 404
@@ -236,6 +244,11 @@ def test_unknown_sessions_and_bad_uploads(video_client: TestClient) -> None:
     too_long = video_client.post(VIDEOS, files=_frames_upload([*VIDEO_FRAMES, VIDEO_FRAMES[0]]))
     assert too_long.status_code == 413
     assert "VIDEO_MAX_FRAMES" in too_long.json()["detail"]["msg"]
+    # A flood of parts (the multipart parser's own limit, not the clip's) is the same 413.
+    flood = [("frames", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(1001)]
+    flooded = video_client.post(VIDEOS, files=flood)
+    assert flooded.status_code == 413
+    assert flooded.json()["detail"]["msg"] == too_long.json()["detail"]["msg"]
 
 
 def test_sessions_are_bounded_in_number(video_client: TestClient) -> None:

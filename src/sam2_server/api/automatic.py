@@ -28,7 +28,7 @@ from sam2_server.api.native_fields import ImageId, ready_image, start_by_id
 from sam2_server.api.paths import IMAGES_PATH
 from sam2_server.api.pipeline import run_admitted
 from sam2_server.api.responses import serialise
-from sam2_server.api.schemas import NATIVE_RESPONSES
+from sam2_server.api.schemas import NATIVE_RESPONSES, RequestBody
 from sam2_server.codecs.automatic import automatic_answer, estimate_answer_bytes
 from sam2_server.config import Settings, machine_memory_bytes
 from sam2_server.domain import AutomaticParams, ImageInfo, MaskRecord, Timings, Work
@@ -50,7 +50,7 @@ BYTES_PER_CANDIDATE_PIXEL = 4.5
 logger = logging.getLogger(__name__)
 
 
-class _RequestFields(BaseModel):
+class _RequestFields(RequestBody):
     """SAM2AutomaticMaskGenerator's parameters, with the library's defaults."""
 
     model_id: str = Field("", description="Empty: the server's default model.")

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from sam2_server.api.guard import error_body
+from sam2_server.api.paths import VIDEOS_PATH
 from sam2_server.errors import (
     PIPELINE_ERROR,
     Cancelled,
@@ -29,6 +30,7 @@ from sam2_server.errors import (
     ServiceError,
     field_too_large,
 )
+from sam2_server.frames import too_many_frames
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +79,20 @@ async def _service_error(request: Request, exc: Exception) -> Response:
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    settings = request.app.state.settings
     if _is_field_too_large(exc):
-        return service_error_response(field_too_large(request.app.state.settings.max_field_bytes))
+        return service_error_response(field_too_large(settings.max_field_bytes))
+    if _is_too_many_parts(exc) and request.url.path.rstrip("/") == VIDEOS_PATH:
+        # Frames past VIDEO_MAX_FRAMES: the same 413 as a clip with too many frames.
+        return service_error_response(too_many_frames(settings.video_max_frames))
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     return json_error(exc.status_code, message, dict(exc.headers or {}))
+
+
+def _is_too_many_parts(exc: StarletteHTTPException) -> bool:
+    """Starlette's multipart parser past its `max_files` (a 400 "Too many files")."""
+    cause = exc.__context__
+    return isinstance(cause, MultiPartException) and cause.message.startswith("Too many files")
 
 
 def _is_field_too_large(exc: StarletteHTTPException) -> bool:

@@ -42,7 +42,7 @@ from sam2_server.api.pipeline import (
     start_request,
 )
 from sam2_server.api.responses import json_response
-from sam2_server.api.schemas import NATIVE_RESPONSES
+from sam2_server.api.schemas import NATIVE_RESPONSES, RequestBody
 from sam2_server.codecs.native import unpack_array
 from sam2_server.config import Settings
 from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings, Work
@@ -60,7 +60,7 @@ class ImageResponse(BaseModel):
     cached: bool = Field(..., description="True when the embedding was already there.")
 
 
-class PackedArray(BaseModel):
+class PackedArray(RequestBody):
     """Exact float32 values: little-endian bytes in C order, base64-encoded."""
 
     dtype: Literal["float32"] = "float32"
@@ -68,7 +68,7 @@ class PackedArray(BaseModel):
     data: str = Field(..., description="base64 of the little-endian float32 bytes, C order.")
 
 
-class SegmentRequest(BaseModel):
+class SegmentRequest(RequestBody):
     """Prompts on an uploaded image, in pixels of the original image (XYXY boxes)."""
 
     model_id: str = Field("", description="Empty: the server's default model.")

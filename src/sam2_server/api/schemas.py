@@ -6,7 +6,18 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RequestBody(BaseModel):
+    """A JSON request body: a field this server does not know is a 422 naming it.
+
+    A misspelt parameter (`points_per_sid`) must not run silently with the
+    defaults; clients that send an extra field learn at once that it is ignored
+    nowhere and honoured nowhere.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class MasksResponse(BaseModel):

@@ -35,7 +35,7 @@ from sam2_server.api.pipeline import (
     start_request,
 )
 from sam2_server.api.responses import TicketedStream, json_response
-from sam2_server.api.schemas import NATIVE_RESPONSES
+from sam2_server.api.schemas import NATIVE_RESPONSES, RequestBody
 from sam2_server.codecs.video import frame_answer, frame_line, video_fields
 from sam2_server.config import MIB, Settings
 from sam2_server.domain import FrameMasks, Timings, VideoInfo, VideoPrompt
@@ -75,7 +75,7 @@ class FrameResponse(BaseModel):
     objects: list[ObjectMask]
 
 
-class VideoPromptRequest(BaseModel):
+class VideoPromptRequest(RequestBody):
     """Points and/or a box for one object on one frame, in pixels of the clip (XYXY box)."""
 
     frame_index: int = Field(..., ge=0)
@@ -90,7 +90,7 @@ class VideoPromptRequest(BaseModel):
     mask_format: Literal["rle", "png"] = "rle"
 
 
-class PropagateRequest(BaseModel):
+class PropagateRequest(RequestBody):
     start_frame_index: int | None = Field(
         None, ge=0, description="Null: the first frame with a prompt."
     )
@@ -117,6 +117,9 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
         responses=_VIDEO_RESPONSES,
         operation_id="uploadVideo",
         summary="Open a video session: a video file, or frame images in order",
+        # One frame over the limit still reaches the clip's own check (413 naming
+        # VIDEO_MAX_FRAMES); the parser stops a flood of parts there, with the same 413.
+        form_limits={"max_files": settings.video_max_frames + 1},
     )
     async def upload_video(
         request: Request,
