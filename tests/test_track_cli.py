@@ -287,3 +287,10 @@ def test_prompt_syntax_and_grouping() -> None:
     assert expected_frames(10, 3, 2, False) == 3
     assert expected_frames(10, 3, None, True) == 4
     assert expected_frames(10, 3, 1, True) == 2
+
+
+def test_counts_read_in_english_number():
+    from sam2_server.cli.common import counted
+
+    assert [counted(n, "object") for n in (0, 1, 2)] == ["0 objects", "1 object", "2 objects"]
+

@@ -237,6 +237,13 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # huggingface_hub gives its logger a stderr handler of its own, so each of its
+    # warnings was printed twice (bare, then through ours): keep only ours.
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub = hub_logging.get_logger()
+    for handler in list(hub.handlers):
+        hub.removeHandler(handler)
 
 
 def machine_memory_bytes(fallback: int = 16 * GIB) -> int:

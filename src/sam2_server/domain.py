@@ -105,7 +105,9 @@ class Timings:
     decode_image_s: float = 0.0
     encode_s: float = 0.0
     decode_s: float = 0.0
-    cache_hit: bool = True
+    # Whether the image's embedding came from the cache; None until one was looked up
+    # (a request refused before, e.g. for an unavailable model, says nothing of it).
+    cache_hit: bool | None = None
 
 
 @dataclass

@@ -17,6 +17,7 @@ from sam2_server.api import livepeer as livepeer_module
 from sam2_server.api.admission import Admission, estimate_work_bytes
 from sam2_server.api.errors import headers_of, status_of
 from sam2_server.codecs import encode_livepeer, estimate_livepeer_bytes
+from sam2_server.config import Settings
 from sam2_server.errors import ServiceError
 from tests.api.test_errors import PNG, assert_error, tiny_png
 
@@ -243,6 +244,23 @@ def test_one_structured_log_line_per_request_without_payload_or_token(auth_clien
     assert "prompt_decode" in line["stages_ms"]
     assert TOKEN not in lines[0]
     assert "17.25" not in lines[0]
+
+
+def test_a_request_refused_before_the_cache_says_nothing_of_it(caplog):
+    """A 503 for an unavailable model never looked an embedding up: no `cache_hit`."""
+    from tests.api.test_lifecycle import SlowLoader, wait_for
+
+    segmenter = SlowLoader(fail=True)
+    segmenter.release.set()
+    with TestClient(create_app(Settings(), segmenter)) as client:
+        wait_for(client, "ERROR")
+        caplog.set_level(logging.INFO, logger="sam2_server.access")
+        response = client.post(PATH, files={"image": PNG})
+    assert response.status_code == 503
+    lines = [r.getMessage() for r in caplog.records if r.name == "sam2_server.access"]
+    line = json.loads(lines[-1])
+    assert (line["route"], line["status"]) == (PATH, 503)
+    assert "cache_hit" not in line
 
 
 # -- admission and streaming ------------------------------------------------------------

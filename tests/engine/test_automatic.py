@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -35,6 +36,16 @@ def test_the_embedding_keeps_its_upload(engine):
     tensors = (embedding.image_embed, *embedding.high_res_feats)
     features = sum(t.numel() * t.element_size() for t in tensors)
     assert embedding.nbytes == features + len(DATA)
+
+
+def test_the_librarys_jit_script_warning_is_not_printed(engine):
+    """torch 2.14 deprecates the `torch.jit.script` that sam2 calls when it builds a
+    predictor; the server's (and in-process CLI's) output must not carry it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, records = engine.automatic_masks(engine.default_model_id, IMAGE_ID, PARAMS)
+    assert records
+    assert not [w for w in caught if "jit.script" in str(w.message)]
 
 
 def test_a_client_gone_before_the_work_stops_it(engine):

@@ -78,6 +78,43 @@ def refusal(model_id: str, config: Path) -> str:
     return message
 
 
+def test_a_start_without_network_fails_at_once(hf_cache, monkeypatch, caplog):
+    """No network (a hub that refuses connections on loopback), no cached file: one clear
+    error without the hub's five backed-off retries (about 25 s), and no retry warnings."""
+    import logging
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard: refused
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}",
+    )
+    caplog.set_level(logging.WARNING)
+    started = time.monotonic()
+    with pytest.raises(ModelNotFoundError) as info:
+        fetch_checkpoint(resolve_spec(TINY_REPO))
+    assert time.monotonic() - started < 5
+    assert "could not be fetched" in str(info.value)
+    assert f"sam2-server download {TINY_REPO}" in str(info.value)
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+
+
+def test_the_hubs_warnings_are_printed_once(capsys):
+    """huggingface_hub's own stderr handler is dropped: its records go through ours."""
+    import logging
+
+    from sam2_server.config import configure_logging
+
+    configure_logging(Settings())
+    logging.getLogger("huggingface_hub.test").warning("once")
+    assert capsys.readouterr().err.count("once") <= 1
+    assert logging.getLogger("huggingface_hub").handlers == []
+
+
 def test_error_hierarchy():
     assert issubclass(ModelNotFoundError, ModelLoadError)
     assert issubclass(CheckpointError, ModelLoadError)

@@ -161,8 +161,11 @@ async def _admit(admission: Admission, cost: int, gone: threading.Event) -> Tick
 
 
 def _record_timings(record: RequestRecord, timings: Timings) -> None:
-    record.details["cache_hit"] = timings.cache_hit
-    if not timings.cache_hit:
+    # None: no embedding was looked up (e.g. refused for an unavailable model), so the
+    # log line says nothing of the cache rather than a hit that never happened.
+    if timings.cache_hit is not None:
+        record.details["cache_hit"] = timings.cache_hit
+    if timings.cache_hit is False:
         record.stages["image_decode"] = timings.decode_image_s
         record.stages["encode"] = timings.encode_s
     if timings.decode_s:

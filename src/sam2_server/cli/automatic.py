@@ -40,6 +40,7 @@ from sam2_server.cli.common import (
     Subcommands,
     add_command,
     as_model_saw_it,
+    counted,
     make_output,
     read_image,
     run_command,
@@ -161,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     files = write_outputs(output, args.image, image_bytes, masks, options)
     shown = f"{files[0]} ... {files[-1]}, " if len(files) > 1 else "".join(f + ", " for f in files)
     hint = "" if files else "; lower --pred-iou-thresh or --stability-score-thresh to keep more"
-    print(f"{len(files)} masks -> {output} ({shown}overlay.png, masks.json){hint}")
+    print(f"{counted(len(files), 'mask')} -> {output} ({shown}overlay.png, masks.json){hint}")
     return 0
 
 

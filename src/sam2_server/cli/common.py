@@ -106,6 +106,11 @@ def service_errors() -> contextlib.AbstractContextManager[None]:
     return one_line((ServiceError, str))
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 object`, `2 objects`: the count with its noun in English number."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 # -- argument syntax -----------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ from sam2_server.cli.common import (
     Subcommands,
     UsageError,
     add_command,
+    counted,
     make_output,
     parse_label,
     parse_numbers,
@@ -261,7 +262,7 @@ class Source:
 
     @property
     def description(self) -> str:
-        return self.video.name if self.video is not None else f"{len(self.frames)} frames"
+        return self.video.name if self.video is not None else counted(len(self.frames), "frame")
 
 
 @contextlib.contextmanager
@@ -370,7 +371,10 @@ def _run(args: argparse.Namespace) -> int:
                 f"obj {object_id} {100 * mask.mean():.1f}%" for object_id, mask in masks.items()
             )
             print(f"frame {frame_index} ({done}/{total}): {shares}", flush=True)
-    print(f"tracked {objects} objects over {done} frames -> {output} ({done * objects} PNGs)")
+    print(
+        f"tracked {counted(objects, 'object')} over {counted(done, 'frame')} -> {output} "
+        f"({counted(done * objects, 'PNG')})"
+    )
     return 0
 
 

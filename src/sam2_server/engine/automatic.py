@@ -37,7 +37,7 @@ from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam2_server.domain import AutomaticParams, MaskRecord
 from sam2_server.engine.embedding import Embedding, set_embedding
-from sam2_server.engine.models import SCRIPTING_LOCK, fit_feature_sizes
+from sam2_server.engine.models import fit_feature_sizes, scripting
 from sam2_server.errors import check_cancelled
 
 __all__ = [
@@ -187,8 +187,8 @@ class _Generator(SAM2AutomaticMaskGenerator):
     ) -> None:
         # Uncompressed RLE: the library's own intermediate form, small, and
         # what the codec needs for both COCO RLE and PNG.
-        # The library builds its predictor here (a `torch.jit.script`): see SCRIPTING_LOCK.
-        with SCRIPTING_LOCK:
+        # The library builds its predictor here (a `torch.jit.script`): see `scripting`.
+        with scripting():
             super().__init__(model, output_mode="uncompressed_rle", **asdict(params))
         predictor = _CropPredictor.adopt(self.predictor, embedding, hooks)
         fit_feature_sizes(predictor)

@@ -113,7 +113,10 @@ class Encoder:
         # Here and not inside `compute`: a computation other requests wait on
         # (single-flight) must not be abandoned because its first asker left.
         check_cancelled(work.cancelled)
-        return self.cache.get_or_compute(key, compute)
+        embedding = self.cache.get_or_compute(key, compute)
+        if timings.cache_hit is None:  # `compute` did not run for this request
+            timings.cache_hit = True
+        return embedding
 
     def cached(self, model_id: str, image_id: str) -> Embedding | None:
         """The cached embedding of `image_id` for `model_id`, without touching its recency."""

@@ -173,7 +173,7 @@ class Engine:
         work = work if work is not None else Work()
         loaded = self.models.image_model(model_id, work.cancelled)
         embedding = self.encoder.embed(loaded, model_id, image_bytes, work)
-        return _info(image_id_of(image_bytes), embedding, cached=work.timings.cache_hit)
+        return _info(image_id_of(image_bytes), embedding, cached=bool(work.timings.cache_hit))
 
     def find_image(self, model_id: str, image_id: str) -> ImageInfo | None:
         """The image's description when its embedding is cached for `model_id`, else None."""
@@ -193,7 +193,7 @@ class Engine:
     ) -> tuple[ImageInfo, Prediction]:
         """Decode a prompt on an image uploaded before; not found once its embedding is gone."""
         work = work if work is not None else Work()
-        loaded, embedding = self._by_id(model_id, image_id, work.cancelled)
+        loaded, embedding = self._by_id(model_id, image_id, work)
         prediction = decode(loaded, embedding, prompt, self.compute, work.timings)
         return _info(image_id.lower(), embedding, cached=True), prediction
 
@@ -213,7 +213,7 @@ class Engine:
         """
         work = work if work is not None else Work()
         timings = work.timings
-        loaded, embedding = self._by_id(model_id, image_id, work.cancelled)
+        loaded, embedding = self._by_id(model_id, image_id, work)
         pixels = None
         if params.crop_n_layers > 0:
             if not embedding.image_bytes:  # not built by the encoder: nothing to crop
@@ -253,22 +253,22 @@ class Engine:
         data = self.fetch_upload(image_id)
         return data if data is not None and image_id_of(data) == image_id else None
 
-    def _by_id(
-        self, model_id: str, image_id: str, cancelled: Callable[[], bool] | None
-    ) -> tuple[LoadedModel, Embedding]:
+    def _by_id(self, model_id: str, image_id: str, work: Work) -> tuple[LoadedModel, Embedding]:
         """The model and the cached embedding a native request names (encoded again from
         `fetch_upload` where there is one); not found once it is gone."""
-        loaded = self.models.image_model(model_id, cancelled)
+        loaded = self.models.image_model(model_id, work.cancelled)
         image_id = image_id.lower()
         embedding = self.encoder.cached(model_id, image_id)
-        if embedding is None:
+        if embedding is not None:
+            work.timings.cache_hit = True
+        else:
             data = self._refetch(image_id)
             if data is None:
                 raise ImageNotCached(image_id, model_id)
-            embedding = self.encoder.embed(loaded, model_id, data, Work(cancelled=cancelled))
+            embedding = self.encoder.embed(loaded, model_id, data, work)
         with self._hits_lock:
             self._hits_by_id += 1
-        check_cancelled(cancelled)
+        check_cancelled(work.cancelled)
         return loaded, embedding
 
     # -- what the operator sees --------------------------------------------------------------

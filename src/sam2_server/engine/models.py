@@ -16,13 +16,15 @@ a `ModelLoadError` whose message is one line saying what to do.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import threading
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,11 +64,21 @@ _verified: set[tuple[str, int, int]] = set()  # (file, size, mtime) that passed 
 SCRIPTING_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def scripting() -> Iterator[None]:
+    """Where the library builds a predictor: under `SCRIPTING_LOCK`, and without the
+    FutureWarning torch 2.14 prints for its `torch.jit.script` (the library's call, not
+    ours: a user of the server or the CLI can do nothing about it)."""
+    with SCRIPTING_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+        yield
+
+
 def image_predictor(model: torch.nn.Module, **kwargs: Any) -> SAM2ImagePredictor:
-    """`SAM2ImagePredictor(model, **kwargs)`, built under `SCRIPTING_LOCK`."""
+    """`SAM2ImagePredictor(model, **kwargs)`, built under `scripting()`."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    with SCRIPTING_LOCK:
+    with scripting():
         predictor = SAM2ImagePredictor(model, **kwargs)
     fit_feature_sizes(predictor)
     return predictor
@@ -164,13 +176,25 @@ def _locate_checkpoint(spec: ModelSpec, *, download: bool) -> Path:
             raise ModelNotFoundError(f"model {spec.model_id!r}: no checkpoint file at {path}.")
         return path
 
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import (
+        constants,
+        get_hf_file_metadata,
+        hf_hub_download,
+        hf_hub_url,
+        try_to_load_from_cache,
+    )
 
-    if not download:
-        cached = try_to_load_from_cache(repo_id=spec.repo_id, filename=spec.checkpoint)
-        if isinstance(cached, str):
-            return Path(cached)
     try:
+        if not download:
+            cached = try_to_load_from_cache(repo_id=spec.repo_id, filename=spec.checkpoint)
+            if isinstance(cached, str):
+                return Path(cached)
+            if not constants.HF_HUB_OFFLINE:
+                # One look at the hub, without its retries: a server starting with no
+                # network says so at once, instead of five backed-off tries (about 25 s)
+                # before the same answer. `sam2-server download` keeps the hub's retries.
+                url = hf_hub_url(repo_id=spec.repo_id, filename=spec.checkpoint)
+                get_hf_file_metadata(url, retry_on_errors=False)
         return Path(hf_hub_download(repo_id=spec.repo_id, filename=spec.checkpoint))
     except Exception as exc:  # offline, missing file, network down: all mean "not here"
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
