@@ -9,8 +9,11 @@ not bit-identical across thread counts).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import ipaddress
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+import psutil
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -30,7 +34,7 @@ from sam2_server.domain import FrameMasks
 from sam2_server.engine import Engine
 from tests.api.test_videos import _equal, _frame, _frames_upload, prompt_two_objects
 from tests.conftest import DATA
-from tests.e2e.process import start_server
+from tests.e2e.process import Server, start_server
 from tests.video_reference import POINTS
 
 pytestmark = pytest.mark.cluster
@@ -41,7 +45,7 @@ VIDEOS = "/v1/videos"
 
 
 @pytest.fixture(scope="module")
-def cluster(video_model) -> Iterator[httpx.Client]:
+def cluster_server(video_model) -> Iterator[Server]:
     """`sam2-server serve --replicas 2` as a user starts it, with the video tests' limits."""
     server = start_server(
         {"VIDEO_MAX_SESSIONS": "3", "VIDEO_MAX_FRAMES": "8"},
@@ -50,17 +54,22 @@ def cluster(video_model) -> Iterator[httpx.Client]:
         wait_for=None,  # Serve's proxy answers 404 in plain text until the app is deployed
     )
     try:
-        client = httpx.Client(base_url=server.url, timeout=120)
-        _wait(lambda: client.get("/health").json()["status"] == "OK", 180, "health OK")
-        _wait(lambda: len(client.get("/stats").json()["replicas"]) == 2, 120, "two replicas")
-        yield client
-        client.close()
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            _wait(lambda: client.get("/health").json()["status"] == "OK", 180, "health OK")
+            _wait(lambda: len(client.get("/stats").json()["replicas"]) == 2, 120, "two replicas")
+        yield server
     finally:
         server.process.send_signal(signal.SIGTERM)  # the CLI takes the Ray cluster down
         try:
             assert server.process.wait(timeout=90) == 0
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=cluster_server.url, timeout=120) as client:
+        yield client
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -116,6 +125,76 @@ def _click(client: Any, image: bytes, x: int = 100, y: int = 80) -> Any:
 def _stats(cluster: httpx.Client) -> dict[str, Any]:
     time.sleep(1.5)  # the replicas report twice a second
     return cluster.get("/stats").json()
+
+
+# A Ray session's directory, as its processes name it on their command lines
+# (--session-dir=..., --raylet_socket_name=.../sockets/raylet, --logs-dir=...).
+_SESSION_DIR = re.compile(r"/[^\s=,]*/session_[0-9_-]+")
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def _on_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket bound to 127.0.0.1 shows as ::ffff:127.0.0.1
+    return any(ip in network for network in _LOOPBACK)
+
+
+def _cluster_processes(server: Server) -> dict[int, psutil.Process]:
+    """The server, every process under it, and every process of its Ray session.
+
+    Ray's GCS, raylet, agents and workers start under the server, but a process
+    that outlives its parent is re-parented: those are found by the session
+    directory on their command lines (the workers rename themselves `ray::...`,
+    but they are the raylet's children).
+    """
+    root = psutil.Process(server.process.pid)
+    found = {p.pid: p for p in (root, *root.children(recursive=True))}
+    sessions: set[str] = set()
+    for process in found.values():
+        with contextlib.suppress(psutil.Error):
+            sessions.update(_SESSION_DIR.findall(" ".join(process.cmdline())))
+    assert sessions, "no Ray session found under the server"
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if any(session in cmdline for session in sessions):
+            found[process.pid] = process
+            with contextlib.suppress(psutil.Error):
+                found.update((p.pid, p) for p in process.children(recursive=True))
+    return found
+
+
+def _label(cmdline: list[str]) -> str:
+    """`gcs_server --log_dir=...`, `python -u monitor.py`, `ray::ServeReplica:...`."""
+    return " ".join(os.path.basename(arg) if arg.startswith("/") else arg for arg in cmdline[:3])[
+        :80
+    ]
+
+
+def test_a_local_cluster_listens_on_loopback_only(cluster_server: Server) -> None:
+    """Started with --host 127.0.0.1, no process of the cluster listens beyond loopback.
+
+    Ray's services run code for whoever reaches them: a local cluster keeps all
+    of them on 127.0.0.1 (cluster/loopback.py). First in the module, while every
+    replica is the one that started with it.
+    """
+    listening: list[tuple[str, int, str]] = []
+    processes = _cluster_processes(cluster_server)
+    for process in processes.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            name = _label(process.cmdline())
+            listening += [
+                (c.laddr.ip, c.laddr.port, name)
+                for c in process.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
+    names = " ".join(name for _, _, name in listening)
+    # Not vacuous: the API, and Ray's own servers, were seen.
+    assert ("127.0.0.1", cluster_server.port) in {(ip, port) for ip, port, _ in listening}
+    for ray_server in ("gcs_server", "raylet", "ServeReplica"):
+        assert ray_server in names, names
+    exposed = sorted(item for item in listening if not _on_loopback(item[0]))
+    assert not exposed, "\n".join(f"{ip}:{port} {name}" for ip, port, name in exposed)
 
 
 def test_answers_equal_one_server(cluster: httpx.Client, one_server: TestClient) -> None:

@@ -22,9 +22,12 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from sam2_server.cluster.loopback import bind_replica_grpc_to_loopback
+
 
 class Directory:
     def __init__(self, upload_bytes: int) -> None:
+        bind_replica_grpc_to_loopback()  # before Serve binds it: cluster/loopback.py
         self.upload_bytes = upload_bytes
         self._uploads: OrderedDict[str, bytes] = OrderedDict()
         self._bytes = 0

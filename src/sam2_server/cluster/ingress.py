@@ -41,6 +41,7 @@ from sam2_server.api.app import add_request_guard, work_budget
 from sam2_server.api.errors import json_error
 from sam2_server.api.paths import IMAGES_PATH
 from sam2_server.cluster.asgi import ELSEWHERE, ForwardedRequest, Head
+from sam2_server.cluster.loopback import bind_replica_grpc_to_loopback
 from sam2_server.cluster.routing import route_of
 from sam2_server.config import Settings
 from sam2_server.domain import image_id_of
@@ -64,6 +65,7 @@ class Ingress:
     def __init__(
         self, settings: Settings, engine: DeploymentHandle, directory: DeploymentHandle
     ) -> None:
+        bind_replica_grpc_to_loopback()  # before Serve binds it: cluster/loopback.py
         # Not `self.app`: Serve's ingress wrapper owns that name.
         self._front = build_ingress_app(settings, engine, directory)
 

@@ -9,6 +9,10 @@ The application is three deployments:
 
 Ray Serve's HTTP proxy listens on HOST:PORT and hands every request to the
 ingress. Ray restarts a replica that dies; the others keep answering.
+
+A Ray cluster this process starts (no `--ray-address`) listens on loopback
+only, with no dashboard unless asked for: see cluster/loopback.py. `--host`
+names where the API listens, not where Ray does.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sam2_server.config import Settings
 logger = logging.getLogger("sam2_server")
 
 APP_NAME = "sam2-server"
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass(frozen=True)
@@ -78,15 +83,48 @@ def build_application(settings: Settings, options: ClusterOptions):  # noqa: ANN
 
 def start(settings: Settings, options: ClusterOptions) -> None:
     """Join or start Ray, start Serve's proxy on HOST:PORT and deploy; returns once running."""
-    import ray
-    from ray import serve
-
+    handlers = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     if options.ray_address:
+        import ray
+
         ray.init(address=options.ray_address)
     else:
-        ray.init(include_dashboard=options.dashboard)
+        _start_local_ray(options)
+    # ray.init installs handlers that abort the process (exit -6) on SIGTERM; the
+    # caller's (serve_cluster: stop cleanly) must hold during the deploy too, which
+    # takes a while on a CPU.
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    from ray import serve
+
+    # The proxy is the API: on HOST:PORT like a single server (on every node of a
+    # cluster joined with --ray-address). No gRPC proxy: it starts only with gRPC
+    # servicers, which this application has none of.
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build_application(settings, options), name=APP_NAME, route_prefix="/")
+
+
+def _start_local_ray(options: ClusterOptions) -> None:
+    """Start a one-machine Ray whose services all listen on 127.0.0.1.
+
+    Nothing outside this machine has a reason to reach them, and whoever does can
+    run code here. The node's IP is what moves Ray's listeners to loopback (set
+    before Ray is imported; cluster/loopback.py has the details); the dashboard
+    runs only when asked for, and then on loopback too.
+    """
+    from sam2_server.cluster import loopback
+
+    loopback.use_loopback_node_ip()
+    import ray
+
+    ray.init(include_dashboard=options.dashboard, dashboard_host=loopback.LOOPBACK)
+    try:
+        loopback.check_loopback_node()
+    except RuntimeError:
+        ray.shutdown()
+        raise
 
 
 def stop(options: ClusterOptions) -> None:
@@ -109,12 +147,9 @@ def serve_cluster(settings: Settings, options: ClusterOptions) -> int:
         logger.info("signal %d: stopping the cluster application", sig)
         stopping.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, on_signal)
-    start(settings, options)
-    # Again: ray.init installs handlers of its own, which abort the process.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    start(settings, options)  # keeps them over ray.init's
     logger.info(
         "serving on http://%s:%d with %d engine replicas%s",
         settings.host,

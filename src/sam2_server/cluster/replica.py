@@ -28,6 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from sam2_server.api import create_app
 from sam2_server.api.paths import VIDEOS_PATH
 from sam2_server.cluster.asgi import ELSEWHERE, ForwardedRequest, Head, Lifespan, run_http
+from sam2_server.cluster.loopback import bind_replica_grpc_to_loopback
 from sam2_server.cluster.routing import video_id_of
 from sam2_server.config import Settings, configure_logging
 from sam2_server.engine import Engine
@@ -51,6 +52,7 @@ class _Held:
 
 class EngineReplica:
     async def __init__(self, settings: Settings, directory: DeploymentHandle) -> None:
+        bind_replica_grpc_to_loopback()  # before Serve binds it: cluster/loopback.py
         # As `sam2-server serve` logs; Ray keeps each replica's output in its session logs.
         configure_logging(settings)
         self.settings = settings
