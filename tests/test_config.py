@@ -68,12 +68,20 @@ def test_automatic_and_video_bounds_from_env():
         {"VIDEO_IDLE_TIMEOUT": "0"},
         {"VIDEO_MEMORY_BYTES": "-5"},
         {"MAX_AUTOMATIC_WORK_BYTES": "lots"},
+        {"AUTOMATIC_TIME_BUDGET": "-1"},
+        {"AUTOMATIC_TIME_BUDGET": "soon"},
     ],
 )
 def test_bad_values_stop_with_the_variable_named(env):
     name = next(iter(env))
     with pytest.raises(SystemExit, match=name):
         Settings.from_env(env)
+
+
+def test_the_automatic_time_budget():
+    assert Settings.from_env({}).automatic_time_budget_s == 300.0
+    assert Settings.from_env({"AUTOMATIC_TIME_BUDGET": "42.5"}).automatic_time_budget_s == 42.5
+    assert Settings.from_env({"AUTOMATIC_TIME_BUDGET": "0"}).automatic_time_budget_s is None
 
 
 def test_flags_override_env():

@@ -293,4 +293,3 @@ def test_counts_read_in_english_number():
     from sam2_server.cli.common import counted
 
     assert [counted(n, "object") for n in (0, 1, 2)] == ["0 objects", "1 object", "2 objects"]
-

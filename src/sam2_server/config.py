@@ -111,6 +111,10 @@ class Settings:
     # points_per_batch that fits. None: half the machine's memory, or the work budget
     # (WORK_MEMORY_BYTES) if that is larger.
     max_automatic_work_bytes: int | None = None
+    # Seconds one generation may take at the speed measured on this server: refused
+    # (400, with the estimate) when it would take longer, stopped at twice as long.
+    # None (AUTOMATIC_TIME_BUDGET=0): no budget.
+    automatic_time_budget_s: float | None = 300.0
 
     # -- video sessions: each holds its frames (3 MiB each at the model's 1024x1024)
     # and SAM2's memory for every object on every frame tracked --
@@ -185,6 +189,10 @@ class Settings:
             max_points_per_batch=_int(env, "MAX_POINTS_PER_BATCH", base.max_points_per_batch),
             max_automatic_points=_int(env, "MAX_AUTOMATIC_POINTS", base.max_automatic_points),
             max_automatic_work_bytes=_int(env, "MAX_AUTOMATIC_WORK_BYTES", None),
+            automatic_time_budget_s=_float(
+                env, "AUTOMATIC_TIME_BUDGET", base.automatic_time_budget_s or 0.0
+            )
+            or None,
             video_max_sessions=_int(env, "VIDEO_MAX_SESSIONS", base.video_max_sessions),
             video_max_frames=_int(env, "VIDEO_MAX_FRAMES", base.video_max_frames),
             video_max_pixels=_int(env, "VIDEO_MAX_PIXELS", base.video_max_pixels),

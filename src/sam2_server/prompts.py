@@ -301,9 +301,7 @@ def check_automatic(
         _float_within(name, getattr(params, name), 0.0, 1.0)
     # Both are logit values: past the logits' own range (MAX_MASK_LOGIT, the bound of
     # mask_input too) every mask is empty or full, which no one means to ask for.
-    _float_within(
-        "stability_score_offset", params.stability_score_offset, 0.0, MAX_MASK_LOGIT
-    )
+    _float_within("stability_score_offset", params.stability_score_offset, 0.0, MAX_MASK_LOGIT)
     _float_within("mask_threshold", params.mask_threshold, -MAX_MASK_LOGIT, MAX_MASK_LOGIT)
     ratio = _finite("crop_overlap_ratio", params.crop_overlap_ratio)
     if not 0.0 <= ratio < 1.0:

@@ -269,6 +269,24 @@ def test_unknown_fields_are_422_naming_them(client, uploaded, body):
     assert named == unknown
 
 
+def test_over_the_time_budget_is_400_with_the_estimate(
+    client, uploaded, reduced_engine, monkeypatch
+):
+    from sam2_server.domain import AutomaticParams
+    from sam2_server.engine.pacing import Pacer, plan_of
+
+    pacer = Pacer(budget_s=10.0)
+    pacer.observe_batch(reduced_engine.default_model_id, units=1.0, seconds=0.5)  # measured
+    monkeypatch.setattr(reduced_engine, "pacer", pacer)
+    path = f"/v1/images/{uploaded}/automatic-masks"
+    response = client.post(path, json={"points_per_side": 8})  # 64 points: over 30 s
+    info = client.get(f"/v1/images/{uploaded}").json()
+    plan = plan_of(AutomaticParams(points_per_side=8), (info["height"], info["width"]))
+    expected = f"would take about {plan.units * 0.5:.0f} s"
+    assert_error(response, 400, expected, "AUTOMATIC_TIME_BUDGET", "64 grid points")
+    assert client.post(path, json={"points_per_side": 2}).status_code == 200  # about 2 s
+
+
 def test_unknown_image_is_the_segment_routes_404(client):
     for image_id in ("ab" * 32, "not-a-hash"):
         response = client.post(f"/v1/images/{image_id}/automatic-masks", json={})

@@ -70,9 +70,8 @@ def check_loopback_node() -> None:
     switch is read at import): the CLI imports Ray after it, an embedding
     program might not. Failing is safer than serving Ray on every interface.
     """
-    import ray
 
-    address = ray.util.get_node_ip_address()
+    address = _node_ip()
     if not is_loopback(address):
         raise RuntimeError(
             f"the local Ray cluster's node address is {address}, not loopback, so its "
@@ -90,7 +89,7 @@ def bind_replica_grpc_to_loopback() -> None:
     """
     import ray
 
-    if not ray.is_initialized() or not is_loopback(ray.util.get_node_ip_address()):
+    if not ray.is_initialized() or not is_loopback(_node_ip()):
         return
     from ray.serve._private import replica as serve_replica
 
@@ -104,4 +103,12 @@ def bind_replica_grpc_to_loopback() -> None:
         return bind(server, address)
 
     add_port_on_loopback.loopback_only = True  # type: ignore[attr-defined]
-    serve_replica.add_port_to_grpc_server = add_port_on_loopback
+    vars(serve_replica)["add_port_to_grpc_server"] = add_port_on_loopback
+
+
+def _node_ip() -> str:
+    """The IP of the Ray node this process is on (Ray's function is untyped)."""
+    import ray
+
+    get: Callable[[], str] = ray.util.get_node_ip_address
+    return get()

@@ -11,10 +11,14 @@ all of that here; what changes is only where the image features come from:
 - Smaller crops need pixels: they are decoded from the upload the embedding
   keeps, and encoded by the library as usual, one at a time under the
   model's encode lock.
-- Each batch's forward through the mask decoder takes the model's decode
-  lock, so clicks on other images interleave with a long generation instead
-  of waiting for its end, and a client that left stops the work at the next
-  batch.
+- Clicks never wait for a generation: its batches' forwards take the
+  model's automatic lock (generations take turns batch by batch), not the
+  decode lock that clicks take, so a click runs beside a batch in flight
+  (on a CPU they share the cores for the click's fraction of a second)
+  rather than behind it. Splitting the batch instead would change the
+  decoder's float results (the library's records are the contract).
+- Before each batch: a client that left stops the work, and so does the time
+  budget (pacing.py); every batch is timed, so the engine learns its rate.
 
 The generator and its predictor are built per request and never shared:
 SAM2's predictors keep the current image as mutable state.
@@ -53,13 +57,17 @@ class AutomaticHooks:
     """What one generation shares with the rest of the engine: locks, cancellation, counts."""
 
     encode_lock: threading.Lock
-    decode_lock: threading.Lock
+    batch_lock: threading.Lock  # the model's automatic lock: one generation's batch at a time
     cancelled: Callable[[], bool] | None = None
-    on_encoded: Callable[[], None] | None = None  # once per crop run through the encoder
+    on_encoded: Callable[[float], None] | None = None  # seconds, once per crop encoded
+    on_batch: Callable[[int, float], None] | None = None  # points and seconds, per batch
+    deadline: Callable[[], None] | None = None  # raises once the generation is out of time
     encode_s: float = 0.0  # filled in: time spent encoding crops
 
     def check(self) -> None:
         check_cancelled(self.cancelled)
+        if self.deadline is not None:
+            self.deadline()
 
 
 def generate_masks(
@@ -158,18 +166,15 @@ class _CropPredictor(SAM2ImagePredictor):
         started = time.perf_counter()
         with hooks.encode_lock:
             super().set_image(image)
-        hooks.encode_s += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        hooks.encode_s += seconds
         if hooks.on_encoded is not None:
-            hooks.on_encoded()
+            hooks.on_encoded(seconds)
 
     def _predict(self, *args: Any, **kwargs: Any) -> Any:
-        """The model's prompt encoder and mask decoder, under the model's decode lock.
-
-        Only the forward: the generator's filtering and run-length encoding
-        that follow run outside it, so other requests' clicks wait at most
-        one batch's forward.
-        """
-        with self._hooks.decode_lock:
+        """The model's prompt encoder and mask decoder, under the model's automatic lock
+        (other generations' batches wait; clicks, under the decode lock, do not)."""
+        with self._hooks.batch_lock:
             return super()._predict(*args, **kwargs)
 
 
@@ -195,6 +200,11 @@ class _Generator(SAM2AutomaticMaskGenerator):
         self.predictor = predictor
         self._hooks = hooks
 
-    def _process_batch(self, *args: Any, **kwargs: Any) -> Any:
-        self._hooks.check()
-        return super()._process_batch(*args, **kwargs)
+    def _process_batch(self, points: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        hooks = self._hooks
+        hooks.check()
+        started = time.perf_counter()
+        data = super()._process_batch(points, *args, **kwargs)
+        if hooks.on_batch is not None:
+            hooks.on_batch(len(points), time.perf_counter() - started)
+        return data

@@ -40,7 +40,8 @@ class LoadedModel:
     predictor: SAM2ImagePredictor  # a template: copied per call, never given an image
     nbytes: int  # parameters and buffers: what the model memory budget counts
     encode_lock: threading.Lock = field(default_factory=threading.Lock)
-    decode_lock: threading.Lock = field(default_factory=threading.Lock)
+    decode_lock: threading.Lock = field(default_factory=threading.Lock)  # clicks
+    automatic_lock: threading.Lock = field(default_factory=threading.Lock)  # generations
 
 
 class _EncodeJob:

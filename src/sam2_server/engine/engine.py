@@ -42,6 +42,7 @@ from sam2_server.engine.decoding import decode
 from sam2_server.engine.embedding import Embedding
 from sam2_server.engine.encoding import Encoder, LoadedModel
 from sam2_server.engine.loading import Models, Status
+from sam2_server.engine.pacing import Deadline, Pacer, Plan, plan_of
 from sam2_server.engine.video import VideoSessions
 from sam2_server.errors import ImageNotCached, check_cancelled
 from sam2_server.images import decode_image, probe_image
@@ -69,6 +70,7 @@ class Engine:
             batch_wait_s=settings.encode_batch_wait_ms / 1000,
         )
         self.models = Models(settings, self.compute, self._warm_up)
+        self.pacer = Pacer(settings.automatic_time_budget_s)
         self._hits_by_id = 0  # native prompts on an image named by id
         self._hits_lock = threading.Lock()
         # Where an upload named by id can be had again when its embedding is not
@@ -222,12 +224,7 @@ class Engine:
             image = decode_image(embedding.image_bytes, max_pixels=self.settings.max_image_pixels)
             pixels = np.array(image)
             timings.decode_image_s = time.perf_counter() - t0
-        hooks = AutomaticHooks(
-            loaded.encode_lock,
-            loaded.decode_lock,
-            work.cancelled,
-            on_encoded=lambda: self.encoder.count(1),
-        )
+        hooks = self._automatic_hooks(loaded, model_id, plan_of(params, embedding.orig_hw), work)
         t1 = time.perf_counter()
         with self.compute.context():
             records = generate_masks(loaded.predictor.model, embedding, params, hooks, pixels)
@@ -245,6 +242,37 @@ class Engine:
             timings.decode_s,
         )
         return _info(image_id.lower(), embedding, cached=True), records
+
+    def _automatic_hooks(
+        self, loaded: LoadedModel, model_id: str, plan: Plan, work: Work
+    ) -> AutomaticHooks:
+        """The generation's share of the engine: locks, cancellation, counts, and the time
+        budget: refused now when the model's measured speed says it would exceed it, or
+        after the first batch on a model that has not run automatic masks before."""
+        pacer = self.pacer
+        pacer.check(model_id, plan)
+        unmeasured = pacer.estimate(model_id, plan) is None
+        units_per_point = plan.units / max(plan.points, 1)
+
+        def on_batch(points: int, seconds: float) -> None:
+            nonlocal unmeasured
+            pacer.observe_batch(model_id, points * units_per_point, seconds)
+            if unmeasured:
+                unmeasured = False
+                pacer.check(model_id, plan)
+
+        def on_encoded(seconds: float) -> None:
+            self.encoder.count(1)
+            pacer.observe_encode(model_id, seconds)
+
+        return AutomaticHooks(
+            loaded.encode_lock,
+            loaded.automatic_lock,
+            work.cancelled,
+            on_encoded=on_encoded,
+            on_batch=on_batch,
+            deadline=Deadline(pacer.budget_s).check,
+        )
 
     def _refetch(self, image_id: str) -> bytes | None:
         """The upload of `image_id` from `fetch_upload`, if there is one and it is intact."""
