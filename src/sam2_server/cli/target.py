@@ -95,12 +95,16 @@ def local_settings(model_id: str | None, model_config: str | None, device: str |
         settings = Settings.from_env(environment)
     except SystemExit as exc:  # config.py's one-line refusals of a bad environment
         raise UsageError(str(exc.code)) from None
-    # One model, one image: no batching thread, nothing else loaded.
+    # One model, one image: no batching thread, nothing else loaded. No time budget
+    # unless asked for: it keeps one request from holding a shared server, and this
+    # process serves only the person who started it.
+    budget = settings.automatic_time_budget_s if "AUTOMATIC_TIME_BUDGET" in environment else None
     return settings.with_(
         model_ids=(model_id or settings.default_model_id,),
         model_config=model_config,
         device=device,
         encode_batch_size=1,
+        automatic_time_budget_s=budget,
     )
 
 
