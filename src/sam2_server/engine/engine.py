@@ -60,12 +60,12 @@ class Engine:
         self.compute = Compute(settings)
         batch = settings.encode_batch_size
         cache_bytes = settings.cache_bytes
+        if cache_bytes is None:
+            cache_bytes = self.compute.default_cache_bytes()
         self.encoder = Encoder(
             self.compute,
             max_pixels=settings.max_image_pixels,
-            cache_bytes=cache_bytes
-            if cache_bytes is not None
-            else self.compute.default_cache_bytes(),
+            cache_bytes=cache_bytes,
             batch_size=batch if batch is not None else (8 if self.compute.on_cuda else 1),
             batch_wait_s=settings.encode_batch_wait_ms / 1000,
         )
