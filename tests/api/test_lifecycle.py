@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import subprocess
 import sys
 import threading
@@ -158,3 +161,53 @@ def test_stats_count_cache_hits_and_misses(client):
     # What the precision was decided on: this CPU's name and features.
     assert set(after["cpu_features"]) == {"model", "avx2", "avx512", "bf16", "amx"}
     assert after["cache"]["bytes"] <= after["cache"]["max_bytes"]
+
+
+def test_docs_are_served_from_the_package_with_a_strict_policy():
+    """/docs is Swagger UI with its files from this server (no CDN), open with
+    auth on like /docs always was; the page's one inline script is allowed by
+    its hash and nothing else by the policy. FastAPI's CDN-backed /redoc is gone."""
+    from importlib.resources import files
+
+    app = create_app(Settings(auth_token="secret"), SlowLoader(), load=False)
+    with TestClient(app) as client:
+        docs = client.get("/docs")
+        assert docs.status_code == 200
+        assert docs.headers["content-type"].startswith("text/html")
+        assert "//" not in docs.text.replace("<!--", "")  # no URL of another host
+        scripts = re.findall(r"<script>(.*?)</script>", docs.text, re.DOTALL)
+        assert len(scripts) == 1
+        assert "url: '/openapi.json'" in scripts[0]
+        digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+        assert docs.headers["content-security-policy"] == (
+            f"default-src 'self'; script-src 'self' 'sha256-{digest}'; "
+            "img-src 'self' blob: data:; connect-src 'self'; object-src 'none'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+        # Behind a proxy's root_path, every URL of the page follows it, as FastAPI's own.
+        proxied = TestClient(app, root_path="/sam2").get("/docs").text
+        assert "url: '/sam2/openapi.json'" in proxied
+        assert 'src="/sam2/docs/swagger-ui-bundle.js"' in proxied
+
+        bundled = files("fastapi_swagger") / "resources"
+        for path, kind in [
+            ("/docs/swagger-ui-bundle.js", "text/javascript"),
+            ("/docs/swagger-ui.css", "text/css"),
+            ("/docs/favicon-32x32.png", "image/png"),
+        ]:
+            assert f'"{path}"' in docs.text
+            asset = client.get(path)
+            assert asset.status_code == 200
+            assert asset.headers["content-type"].startswith(kind)
+            assert asset.content == (bundled / path.rsplit("/", 1)[1]).read_bytes()
+            again = client.get(path, headers={"If-None-Match": asset.headers["etag"]})
+            assert again.status_code == 304
+        assert b'PACKAGE_VERSION:"5.' in client.get("/docs/swagger-ui-bundle.js").content
+
+        assert client.head("/docs").status_code == 200
+        for gone in ("/redoc", "/docs/oauth2-redirect", "/docs/nope.js"):
+            assert client.get(gone).status_code == 404
+        # Each file is a metrics route of its own, not "other".
+        metrics = client.get("/metrics", headers={"Authorization": "Bearer secret"}).text
+        for route in ("/docs", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"):
+            assert f'sam2_requests_total{{route="{route}",status="200"}}' in metrics

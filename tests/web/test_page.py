@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,6 +212,8 @@ def test_click_refine_undo_download(page, server, tmp_path):
     assert candidates.nth(1).get_attribute("aria-pressed") == "true"
     wait_for_text(page, "status", "mask 2/3")  # candidates may coincide: the status says which
     second = overlay(page)
+    second_status = page.text_content("#status")
+    assert second_status.startswith("segment 200 · ")
 
     # A right click: a background point refining the chosen candidate.
     with page.expect_response(is_segment) as refined:
@@ -227,13 +230,18 @@ def test_click_refine_undo_download(page, server, tmp_path):
     assert np.array_equal(np.frombuffer(_b64(sent["mask_input"]["data"]), "<f4"), chosen.ravel())
     assert page.locator("#candidates button").count() == 0  # one mask now
     wait_for_text(page, "status", "segment 200")
+    refined_score = f"score {refined.value.json()['scores'][0]:.3f}"
+    wait_for_text(page, "status", refined_score)
+    assert "mask 2/3" not in page.text_content("#status")
 
-    # Undo: the earlier answer again, without a request.
+    # Undo: the earlier answer again, without a request, and the status line
+    # is that answer's again: its request, its candidate and score.
     segments = sum(url.endswith("/segment") for url in page.urls)
     page.click("#undo")
     assert page.locator("#candidates button").count() == 3
     assert candidates.nth(1).get_attribute("aria-pressed") == "true"
     wait_for_overlay(page, "(now, want) => now.hash === want", second["hash"])
+    wait_for_status(page, second_status)
     assert sum(url.endswith("/segment") for url in page.urls) == segments
 
     # A drag draws a box, sent in image pixels with the point.
@@ -349,6 +357,8 @@ def test_segment_everything(page, server):
     with page.expect_response(is_segment):
         marks.click(position=click)
     clicked = wait_for_overlay(page, "(now) => now.painted > 0")
+    wait_for_text(page, "status", "score")
+    clicked_status = page.text_content("#status")
 
     with page.expect_response(is_automatic, timeout=EVERYTHING_TIMEOUT_MS) as automatic:
         page.click("#everything")
@@ -417,13 +427,15 @@ def test_segment_everything(page, server):
     wait_for_overlay(page, "(now, was) => now.painted > 0 && now.hash !== was", everything["hash"])
     assert page.locator("#candidates button").count() == 3
 
-    # Undo: the automatic masks again, then the first click's mask, no request.
+    # Undo: the automatic masks again, then the first click's mask, no request;
+    # the status line follows: the masks' request and count, then the click's.
     requests = len(page.urls)
     page.click("#undo")
     wait_for_overlay(page, "(now, want) => now.hash === want", everything["hash"])
-    wait_for_text(page, "status", f"{count} masks")
+    wait_for_status(page, status)
     page.click("#undo")
     wait_for_overlay(page, "(now, want) => now.hash === want", clicked["hash"])
+    wait_for_status(page, clicked_status)
     assert len(page.urls) == requests
 
     # E asks again; Clear (Esc) removes the masks and every prompt.
@@ -436,6 +448,11 @@ def test_segment_everything(page, server):
     assert overlay(page)["painted"] == 0
     assert page.is_disabled("#undo")
     assert page.is_enabled("#everything")
+    # The image alone: the status line is its upload's, no masks or scores.
+    status = page.text_content("#status")
+    assert status.startswith("upload 200 · ")
+    assert "mask" not in status
+    assert "score" not in status
 
     assert page.text_content("#error") == ""
     assert page.errors == []
@@ -469,6 +486,146 @@ def test_segment_everything_shows_the_servers_error(page, server):
     assert overlay(page)["painted"] == 0
     # Chromium logs the 400 itself; nothing else may go wrong.
     assert [e for e in page.errors if "status of 400" not in e] == []
+
+
+# A grid slow enough on the reduced model to be interrupted (16 batches of 16
+# points, about 30 s on 2 cores), in batches short enough that the server stops
+# soon after the client leaves (it checks between batches). The default
+# thresholds, which random weights never pass, keep its answer empty anyway.
+SLOW_EVERYTHING_QUERY = "points_per_side=16&points_per_batch=16"
+AUTOMATIC_ROUTE = "/v1/images/{id}/automatic-masks"
+
+
+@pytest.mark.parametrize("how", ["Escape", "clear", "undo"])
+def test_dropping_segment_everything_aborts_it(page, server, how):
+    """Esc, Clear or Undo while Segment everything runs aborts its request: the
+    browser closes the connection, the server stops (its log's 499: no answer
+    sent), no error shows, nothing is drawn, and the status line is what is on
+    screen (the image's upload, or the click's answer after an undo)."""
+    page.goto(f"{server.url}/?{SLOW_EVERYTHING_QUERY}#token={TOKEN}")
+    with page.expect_response(is_upload):
+        page.set_input_files("#file", PHOTO)
+    wait_until_enabled(page, "#everything")
+    marks = page.locator("#marks")
+    with page.expect_response(is_segment):
+        marks.click(position={"x": 300, "y": 250})
+    clicked = wait_for_overlay(page, "(now) => now.painted > 0")
+    wait_for_text(page, "status", "score")
+    clicked_status = page.text_content("#status")
+
+    left_before = requests_counted(server, AUTOMATIC_ROUTE, 499)
+    answered_before = requests_counted(server, AUTOMATIC_ROUTE, 200)
+    failed = []
+    page.on("requestfailed", lambda r: failed.append((r.url, r.failure)))
+    with page.expect_request(lambda r: r.url.endswith("/automatic-masks")) as sent:
+        page.click("#everything")
+    assert json.loads(sent.value.post_data)["points_per_side"] == 16
+    assert page.is_disabled("#everything")
+    page.wait_for_timeout(300)  # the server has the request, and is computing
+    if how == "Escape":
+        page.keyboard.press("Escape")
+    else:
+        page.click(f"#{how}")
+
+    page.wait_for_function("() => !document.getElementById('everything').disabled")
+    assert page.text_content("#everything") == "Segment everything"
+    page.wait_for_function("() => !document.getElementById('stage').classList.contains('busy')")
+    wait_until(page, lambda: failed, "the aborted request's requestfailed event")
+    assert failed == [(sent.value.url, "net::ERR_ABORTED")]
+    # The server saw the client leave and stopped: no answer was sent.
+    wait_until(
+        page,
+        lambda: requests_counted(server, AUTOMATIC_ROUTE, 499) == left_before + 1,
+        "the server's 499 for the aborted request",
+    )
+    assert requests_counted(server, AUTOMATIC_ROUTE, 200) == answered_before
+    page.wait_for_timeout(300)  # nothing left on its way could draw now
+
+    status = page.text_content("#status")
+    if how == "undo":
+        assert overlay(page)["hash"] == clicked["hash"]
+        assert status == clicked_status
+        assert page.is_enabled("#undo")
+    else:
+        assert overlay(page)["painted"] == 0
+        assert status.startswith("upload 200 · ")
+        assert "score" not in status
+        assert page.is_disabled("#undo")
+    assert "automatic-masks" not in status
+    assert page.text_content("#error") == ""
+    assert page.errors == []
+
+
+def test_docs_offline(page, server):
+    """/docs renders with nothing but this server: Swagger UI's files are the
+    package's own, and its Content-Security-Policy allows only this origin
+    (and FastAPI's inline script, by its hash)."""
+    elsewhere = []
+
+    def only_the_server(route):
+        if route.request.url.startswith(server.url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
+    response = page.goto(server.url + "/docs")
+    assert response.status == 200
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy
+    assert "script-src 'self' 'sha256-" in policy
+    assert "unsafe" not in policy
+
+    page.wait_for_selector(".opblock")
+    operations = sum(
+        len(ops) for ops in httpx.get(server.url + "/openapi.json").json()["paths"].values()
+    )
+    page.wait_for_function(
+        "(n) => document.querySelectorAll('.opblock').length === n", arg=operations
+    )
+    assert "sam2-server" in page.text_content(".info .title")
+    assert page.locator(
+        "#operations-default-segment_anything_2_segment_anything_2_post"
+    ).count() in (0, 1)
+
+    # Try it out: Swagger UI calls this server (connect-src 'self').
+    health = page.locator(".opblock-get", has_text="/health").first
+    health.locator(".opblock-summary").click()
+    health.locator("button.try-out__btn").click()
+    with page.expect_response(lambda r: r.url == server.url + "/health"):
+        health.locator("button.execute").click()
+    health.locator(".response-col_description").first.wait_for()
+    assert '"status"' in health.locator(".responses-wrapper").text_content()
+
+    assert elsewhere == []
+    assert all(url.startswith((server.url + "/", "data:", "blob:")) for url in page.urls)
+    assert page.errors == []
+
+
+def requests_counted(server, route: str, status: int) -> float:
+    """The server's sam2_requests_total for `route` and `status` (0 before any)."""
+    metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    wanted = f'sam2_requests_total{{route="{route}",status="{status}"}} '
+    for line in metrics.text.splitlines():
+        if line.startswith(wanted):
+            return float(line[len(wanted) :])
+    return 0.0
+
+
+def wait_until(page, condition, what: str, timeout_s: float = 60) -> None:
+    """Poll `condition` while the page's events keep coming (Playwright's sync
+    API delivers them only while it is called: hence no time.sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        page.wait_for_timeout(100)
+
+
+def wait_for_status(page, text: str) -> None:
+    page.wait_for_function(
+        "(text) => document.getElementById('status').textContent === text", arg=text
+    )
 
 
 def wait_until_enabled(page, selector: str, timeout: float | None = None) -> None:

@@ -27,6 +27,7 @@ from sam2_server.api.native import build_native_router
 from sam2_server.api.observe import Metrics, Observer
 from sam2_server.api.operations import build_operations_router
 from sam2_server.api.paths import (
+    DOCS_FILES,
     HARDWARE_PATHS,
     IMAGES_PATH,
     OPS_PATHS,
@@ -36,7 +37,7 @@ from sam2_server.api.paths import (
 )
 from sam2_server.api.service import Segmenter
 from sam2_server.api.videos import build_video_router
-from sam2_server.api.web import build_web_router
+from sam2_server.api.web import build_docs_router, build_web_router
 from sam2_server.config import GIB, Settings, machine_memory_bytes
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
         description="Segment Anything 2 over HTTP, wire-compatible with Livepeer's AI runner.",
         version=__version__,
         lifespan=lifespan,
+        # FastAPI's own /docs and /redoc load their scripts from a CDN: /docs is
+        # served below with Swagger UI's files from this package (api/web.py).
+        docs_url=None,
+        redoc_url=None,
     )
     admission = Admission(work_budget(settings), settings.max_queue)
     metrics = Metrics()
@@ -73,6 +78,7 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
     app.include_router(build_automatic_router(settings, admission))
     app.include_router(build_video_router(settings, admission))
     app.include_router(build_web_router())
+    app.include_router(build_docs_router(app.title, app.openapi_url or "/openapi.json"))
     install_error_handlers(app)
     _describe_uploads_as_binary(app)
     # Added last = outermost: the observer sees the guard's answers too.
@@ -80,7 +86,7 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
     app.add_middleware(
         Observer,
         metrics=metrics,
-        routes=(*ROUTES, *HARDWARE_PATHS),
+        routes=(*ROUTES, *HARDWARE_PATHS, *DOCS_FILES),
         prefixes=(IMAGES_PATH, VIDEOS_PATH),
     )
     return app

@@ -14,5 +14,6 @@ VIDEOS_PATH = "/v1/videos"  # video sessions
 OPS_PATHS = ("/stats", "/metrics")
 HARDWARE_PATHS = ("/hardware/info", "/hardware/stats")  # Livepeer's runner's
 WEB_PREFIX = "/web"  # the page's assets; the page itself is "/"
+DOCS_FILES = ("/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css", "/docs/favicon-32x32.png")
 # Whole paths the metrics name as themselves (the rest: by their prefix).
 ROUTES = (SEGMENT_PATH, "/health", "/version", *OPS_PATHS, "/openapi.json", "/docs", "/")

@@ -1,4 +1,4 @@
-"""The web page: `GET /` and its static files under `/web/`.
+"""The web page (`GET /`, its static files under `/web/`) and the API docs (`GET /docs`).
 
 The page is plain HTML, CSS and JavaScript modules with no build step, shipped
 inside the package and read with importlib.resources, so an installed wheel
@@ -11,18 +11,28 @@ and a fixed set of names means a request path never reaches the filesystem.
 `Cache-Control: no-cache` with an ETag makes a browser revalidate each time
 (a 304 costs a round trip, not the bytes), so an upgraded server is never
 paired with a stale script.
+
+`GET /docs` is FastAPI's Swagger UI page with Swagger UI's own files served
+from here too (`/docs/swagger-ui-bundle.js`, ...), not from a CDN: the docs
+work without internet, and load nothing from elsewhere. The files are
+swagger-ui-dist's, as the pinned `fastapi-swagger` package ships them.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cache
 from importlib.resources import files
 
 from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
 
-from sam2_server.api.paths import WEB_PREFIX
+from sam2_server.api.paths import DOCS_FILES, WEB_PREFIX
 from sam2_server.errors import ErrorKind, ServiceError
 
 INDEX = "index.html"
@@ -43,6 +53,21 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+
+# The package whose copy of swagger-ui-dist /docs serves (pinned in pyproject.toml:
+# its files are byte-for-byte the npm package's), and the folder they are in.
+SWAGGER_UI_PACKAGE = "fastapi_swagger"
+SWAGGER_UI_FOLDER = "resources"
+
+# Swagger UI: its own files, and FastAPI's inline script that starts it (allowed
+# by its hash, computed per page); data: for the icons inlined in its CSS, blob:
+# for an image answer shown by "Try it out", which calls this server only.
+DOCS_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' {script_hashes}; img-src 'self' blob: data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -85,6 +110,70 @@ def build_web_router() -> APIRouter:
         return _serve(request, found)
 
     return router
+
+
+@cache
+def load_swagger_ui_files() -> dict[str, StaticFile]:
+    """Swagger UI's files for /docs, by their path (read once per process: 1.9 MB)."""
+    try:
+        folder = files(SWAGGER_UI_PACKAGE) / SWAGGER_UI_FOLDER
+    except ModuleNotFoundError as missing:
+        raise RuntimeError(
+            f"{SWAGGER_UI_PACKAGE} (Swagger UI's files for /docs) is not installed: make install"
+        ) from missing
+    loaded = {}
+    for path in DOCS_FILES:
+        name = path.rsplit("/", 1)[-1]
+        body = (folder / name).read_bytes()
+        suffix = "." + name.rsplit(".", 1)[-1]
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        loaded[path] = StaticFile(body, CONTENT_TYPES[suffix], etag)
+    return loaded
+
+
+def build_docs_router(title: str, openapi_url: str) -> APIRouter:
+    """`GET /docs` (Swagger UI on `openapi_url`) and its files, all from this server."""
+    docs_files = load_swagger_ui_files()
+    script, style, icon = DOCS_FILES
+    router = APIRouter(include_in_schema=False)
+
+    @router.api_route("/docs", methods=["GET", "HEAD"])
+    async def docs(request: Request) -> Response:
+        # Absolute, as FastAPI's own /docs: behind a proxy's root_path too.
+        root = request.scope.get("root_path", "").rstrip("/")
+        page = get_swagger_ui_html(
+            openapi_url=root + openapi_url,
+            title=f"{title} - Swagger UI",
+            swagger_js_url=root + script,
+            swagger_css_url=root + style,
+            swagger_favicon_url=root + icon,
+        )
+        html = bytes(page.body).decode()
+        policy = DOCS_CONTENT_SECURITY_POLICY.format(script_hashes=script_hashes(html))
+        headers = {
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": policy,
+            "Referrer-Policy": "no-referrer",
+        }
+        return Response(html, media_type=CONTENT_TYPES[".html"], headers=headers)
+
+    for path, file in docs_files.items():
+        router.add_api_route(path, _serving(file), methods=["GET", "HEAD"])
+    return router
+
+
+def _serving(file: StaticFile) -> Callable[[Request], Awaitable[Response]]:
+    async def serve(request: Request) -> Response:
+        return _serve(request, file)
+
+    return serve
+
+
+def script_hashes(html: str) -> str:
+    """CSP sources allowing exactly the page's inline scripts, by their SHA-256."""
+    digests = (hashlib.sha256(text.encode()).digest() for text in INLINE_SCRIPT.findall(html))
+    return " ".join(f"'sha256-{base64.b64encode(digest).decode()}'" for digest in digests)
 
 
 def _serve(request: Request, file: StaticFile) -> Response:

@@ -1,6 +1,11 @@
 // The native API as the page uses it: upload an image once, then prompt it (or
 // ask for every mask at once). Every call reports what it cost (bytes each way,
-// milliseconds) and turns an error answer into the server's own message (`detail.msg`).
+// milliseconds), to the report callback and on its answer (`answer[REPORT]`), and
+// turns an error answer into the server's own message (`detail.msg`). A call
+// aborted by its caller's signal rejects with the browser's AbortError, unreported.
+
+/** The key of an answer's own report: `answer[REPORT]`, {what, status, sent, received, ms}. */
+export const REPORT = Symbol("report");
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -34,14 +39,17 @@ export class Api {
     return this.call("segment", "POST", path, text, text.length, "application/json");
   }
 
-  /** POST v1/images/{id}/automatic-masks: every mask SAM2's grid of points finds. */
-  automaticMasks(imageId, params) {
+  /**
+   * POST v1/images/{id}/automatic-masks: every mask SAM2's grid of points finds.
+   * Aborting `signal` closes the connection, and the server stops computing.
+   */
+  automaticMasks(imageId, params, signal) {
     const text = JSON.stringify(params);
     const path = `v1/images/${encodeURIComponent(imageId)}/automatic-masks`;
-    return this.call("automatic-masks", "POST", path, text, text.length, "application/json");
+    return this.call("automatic-masks", "POST", path, text, text.length, "application/json", signal);
   }
 
-  async call(what, method, path, body, sent, contentType) {
+  async call(what, method, path, body, sent, contentType, signal) {
     const headers = {};
     const token = this.getToken();
     if (token) headers.Authorization = `Bearer ${token}`;
@@ -51,14 +59,16 @@ export class Api {
     let bytes;
     try {
       // Relative: the page also works behind a proxy that mounts it on a sub-path.
-      response = await fetch(path, { method, headers, body, cache: "no-store" });
+      response = await fetch(path, { method, headers, body, cache: "no-store", signal });
       bytes = new Uint8Array(await response.arrayBuffer());
     } catch (error) {
+      if (signal && signal.aborted) throw error; // the caller gave up: nothing to report
       this.onReport({ what, status: 0, sent, received: 0, ms: performance.now() - started });
       throw new ApiError(0, `Could not reach the server (${error.message}).`);
     }
     const ms = performance.now() - started;
-    this.onReport({ what, status: response.status, sent, received: bytes.byteLength, ms });
+    const report = { what, status: response.status, sent, received: bytes.byteLength, ms };
+    this.onReport(report);
     const text = new TextDecoder().decode(bytes);
     let data = null;
     try {
@@ -69,7 +79,10 @@ export class Api {
     if (!response.ok) {
       throw new ApiError(response.status, errorMessage(response, data, text));
     }
-    if (data === null) throw new ApiError(response.status, "The server's answer is not JSON.");
+    if (data === null || typeof data !== "object") {
+      throw new ApiError(response.status, "The server's answer is not a JSON object.");
+    }
+    data[REPORT] = report;
     return data;
   }
 }

@@ -5,7 +5,7 @@
 // "Segment everything" is a step of that history too: prompts after it start
 // afresh on top of it, and undo comes back to its masks.
 
-import { Api, ApiError } from "./api.js";
+import { Api, ApiError, REPORT } from "./api.js";
 import { everythingOverlay, parametersFromQuery } from "./everything.js";
 import { maskOverlay } from "./mask.js";
 import { base64ToBytes, candidateMaskInput, decodePacked } from "./packed.js";
@@ -40,11 +40,13 @@ const state = {
   image: null, // {imageId, modelId, width, height} once uploaded
   modelId: "", // the model the first upload got; kept so a re-upload gets the same
   uploading: null, // the upload in flight, shared by whoever needs it
+  uploadReport: null, // what the image's upload cost: the status line of the bare image
   history: [emptyEntry()],
   background: false, // what a left click adds
   busy: false,
   pending: false, // prompts changed while a request was in flight
   everything: null, // the Segment everything step whose request is in flight
+  everythingAbort: null, // its AbortController: dropping the step closes the request
   shown: 0, // render sequence, so a slow decode never overwrites a newer one
 };
 
@@ -59,7 +61,7 @@ const stage = new Stage({
 class Superseded extends Error {}
 
 function emptyEntry() {
-  // `automatic`: only on a Segment everything step, {body, answer, overlay, visible}.
+  // `automatic`: only on a Segment everything step, {body, answer, report, overlay, visible}.
   return { prompts: [], result: null, chosen: 0, automatic: null };
 }
 
@@ -112,6 +114,7 @@ async function openFile(file) {
   state.name = file.name || "pasted image";
   state.image = null;
   state.uploading = null;
+  state.uploadReport = null;
   state.history = [emptyEntry()];
   state.pending = false;
   dropEverything();
@@ -136,6 +139,7 @@ function ensureUploaded() {
       .then((answer) => {
         if (state.file !== file) throw new Superseded();
         state.modelId = answer.model_id;
+        state.uploadReport = answer[REPORT];
         state.image = {
           imageId: answer.image_id,
           modelId: answer.model_id,
@@ -178,7 +182,7 @@ function addPrompt(prompt) {
 function undo() {
   if (state.history.length <= 1) return;
   if (state.history.pop() === state.everything) dropEverything(); // undoing it cancels it
-  render();
+  render({ undone: true });
   if (!current().result && current().prompts.length) segment();
 }
 
@@ -276,6 +280,7 @@ function resultOf(answer) {
   return {
     masks,
     scores,
+    report: answer[REPORT],
     logits: answer.logits ? decodePacked(answer.logits) : null,
     width: answer.width,
     height: answer.height,
@@ -287,16 +292,20 @@ function resultOf(answer) {
 
 /**
  * Every mask of the image, as one step of `history`, pushed at once: prompts
- * added while it runs go on top of it (the answer then waits for an undo),
- * and Clear or another image drops an answer still on its way. It can take a
- * while (the grid is points_per_side² prompts), so the button counts seconds.
+ * added while it runs go on top of it (the answer then waits for an undo).
+ * Clear, an undo of the step, or another image drops it: its request is
+ * aborted (the server stops computing when the connection closes), shows no
+ * error, and an answer that still comes is never drawn. It can take a while
+ * (the grid is points_per_side² prompts), so the button counts seconds.
  */
 async function segmentEverything() {
   if (!state.image || state.everything) return;
   clearError();
   const entry = { ...emptyEntry(), automatic: { body: null, answer: null, overlay: null, visible: 0 } };
+  const abort = new AbortController();
   state.history.push(entry);
   state.everything = entry;
+  state.everythingAbort = abort;
   render();
   showBusy();
   const started = performance.now();
@@ -309,19 +318,20 @@ async function segmentEverything() {
   try {
     const answer = await onImage((image) => {
       entry.automatic.body = automaticBody();
-      return api.automaticMasks(image.imageId, entry.automatic.body);
+      return api.automaticMasks(image.imageId, entry.automatic.body, abort.signal);
     });
-    if (!state.history.includes(entry)) return; // cleared, or another image: nobody wants it
+    if (abort.signal.aborted || !state.history.includes(entry)) return; // nobody wants it
     let drawn;
     try {
       drawn = everythingOverlay(answer.masks, answer.width, answer.height);
     } catch (error) {
       throw new Error(`Could not draw the automatic masks: ${error.message}`);
     }
-    Object.assign(entry.automatic, { answer, ...drawn });
+    Object.assign(entry.automatic, { answer, report: answer[REPORT], ...drawn });
   } catch (error) {
     const at = state.history.indexOf(entry);
-    if (at < 0) return; // dropped meanwhile: its failure is nobody's concern either
+    // Dropped meanwhile (aborted, or failed before it could be): nobody's concern either.
+    if (abort.signal.aborted || at < 0) return;
     state.history.splice(at, 1); // a failed step is nothing to come back to
     showError(error);
   } finally {
@@ -333,8 +343,10 @@ async function segmentEverything() {
   }
 }
 
-/** Forget the request in flight (its answer is dropped when it comes): the button is free again. */
+/** Abort the request in flight (an answer already on its way is dropped): the button is free again. */
 function dropEverything() {
+  if (state.everythingAbort) state.everythingAbort.abort();
+  state.everythingAbort = null;
   state.everything = null;
   ui.everything.textContent = "Segment everything";
   showBusy();
@@ -349,33 +361,38 @@ function showEverything(automatic) {
   if (count === 0) parts[0] += " (none passed the quality thresholds)";
   const hidden = count - automatic.visible;
   if (hidden > 0) parts.push(`${hidden} hidden under smaller ones`);
-  setMaskStatus(parts.join(" · "));
+  showStatus(automatic.report, parts.join(" · "));
 }
 
 // ---- drawing -----------------------------------------------------------
 
-function render() {
+/**
+ * Draw the newest step of `history`: its prompts, candidates and answer, and
+ * the status line for that answer (its request and its masks). `undone`: an
+ * undo brought this step back, so a mask still up belongs to the step undone.
+ */
+function render({ undone = false } = {}) {
   const entry = current();
   stage.setPrompts(entry.prompts);
   updateControls();
   renderCandidates(entry);
-  if (entry.automatic) {
-    if (entry.automatic.overlay) {
-      showEverything(entry.automatic);
-    } else {
-      // Still on its way: the image alone meanwhile, not the last prompt's
-      // mask without its prompts.
-      state.shown++;
-      stage.setMask(null);
-      setMaskStatus("");
-    }
+  if (entry.automatic && entry.automatic.overlay) {
+    showEverything(entry.automatic);
   } else if (entry.result) {
     showMask(entry.result, entry.chosen);
-  } else if (!entry.prompts.length) {
-    state.shown++;
-    stage.setMask(null);
+  } else if (entry.automatic || !entry.prompts.length || undone) {
+    // The image alone: no prompts, the automatic masks still on their way
+    // (not the last prompt's mask without its prompts), or an undo back to
+    // prompts whose answer is asked for again.
+    showImageAlone();
   }
-  // Otherwise the previous mask stays up until the new answer arrives.
+  // Otherwise (a prompt just added) the previous mask stays up until the new answer arrives.
+}
+
+function showImageAlone() {
+  state.shown++; // a mask still decoding must not draw over the image
+  stage.setMask(null);
+  showStatus(state.uploadReport, "");
 }
 
 function updateControls() {
@@ -425,24 +442,35 @@ async function showMask(result, index) {
     const area = result.overlays[index].area;
     const score = Number(result.scores[index]).toFixed(3);
     const of = result.masks.length > 1 ? `mask ${index + 1}/${result.masks.length} · ` : "";
-    setMaskStatus(`${of}score ${score} · ${area.toLocaleString("en")} px`);
+    showStatus(result.report, `${of}score ${score} · ${area.toLocaleString("en")} px`);
   } catch (error) {
     showError(new Error(`Could not decode the mask: ${error.message}`));
   }
 }
 
 // ---- status and errors -------------------------------------------------
+// The status line says what is on screen: the request that brought the answer
+// shown (the upload's, for the image alone) and that answer's masks. Each
+// request's line also shows as soon as it ends (a failure's too); drawing an
+// answer, an undo or a clear then puts the line of what is shown back.
 
-function report({ what, status, sent, received, ms }) {
-  const code = status ? `${status}` : "no answer";
-  ui.status.dataset.request = `${what} ${code} · ↑ ${bytes(sent)} ↓ ${bytes(received)} · ${Math.round(ms)} ms`;
-  if (what === "upload") ui.status.dataset.mask = "";
+function report(done) {
+  ui.status.dataset.request = requestLine(done);
+  if (done.what === "upload") ui.status.dataset.mask = "";
   updateStatus();
 }
 
-/** What the overlay shows, after the last request's line. */
-function setMaskStatus(text) {
-  ui.status.dataset.mask = text;
+function requestLine(done) {
+  if (!done) return "";
+  const { what, status, sent, received, ms } = done;
+  const code = status ? `${status}` : "no answer";
+  return `${what} ${code} · ↑ ${bytes(sent)} ↓ ${bytes(received)} · ${Math.round(ms)} ms`;
+}
+
+/** The request that brought what is shown (a report, or null), and what the overlay shows. */
+function showStatus(request, mask) {
+  ui.status.dataset.request = requestLine(request);
+  ui.status.dataset.mask = mask;
   updateStatus();
 }
 
