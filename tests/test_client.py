@@ -832,6 +832,299 @@ def test_async_video_sessions_give_the_same_masks(
         assert_frame(frame.masks, expected)
 
 
+# -- a propagation left early: the session is busy until the frame in flight ends ---------
+
+
+class HeldFrames:
+    """The server's propagations, held: while `hold()` is on, each frame after a
+    propagation's first one waits before it is answered (inside the engine's step, which
+    owns the session all along, as a slow frame does) until `release()`. So a client
+    that leaves after the first frame, once `in_flight` is set, leaves one in flight (a
+    client that leaves between two frames finds the session free at once), for as long
+    as the test needs, however loaded the machine."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.released.set()
+        self.in_flight = threading.Event()  # a held frame is being computed
+
+    def hold(self) -> None:
+        self.in_flight.clear()
+        self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def release_on_busy(self, response: httpx.Response) -> None:
+        """A response hook: the frame in flight ends once the client has met it (a 409)."""
+        if response.status_code == 409:
+            self.release()
+
+    async def arelease_on_busy(self, response: httpx.Response) -> None:
+        self.release_on_busy(response)
+
+
+@pytest.fixture
+def held_frames(monkeypatch) -> Iterator[HeldFrames]:
+    from sam2_server.engine.video_predictor import FixedVideoPredictor
+
+    held = HeldFrames()
+    real = FixedVideoPredictor.propagate_in_video
+
+    def propagate_in_video(self, *args, **kwargs):
+        for index, step in enumerate(real(self, *args, **kwargs)):
+            if index > 0 and not held.released.is_set():
+                held.in_flight.set()
+                assert held.released.wait(timeout=30), "a held frame was never released"
+            yield step
+
+    monkeypatch.setattr(FixedVideoPredictor, "propagate_in_video", propagate_in_video)
+    try:
+        yield held
+    finally:
+        held.release()  # a step still waiting in the server's thread ends now
+
+
+class SessionCalls:
+    """The requests a session's client sends, as (method, last path segment)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def hook(self, request: httpx.Request) -> None:
+        self.seen.append((request.method, request.url.path.rsplit("/", 1)[-1]))
+
+    async def ahook(self, request: httpx.Request) -> None:
+        self.hook(request)
+
+    def take(self) -> list[tuple[str, str]]:
+        seen, self.seen = self.seen, []
+        return seen
+
+    def tries(self, segment: str) -> int:
+        """How many times the call ending in `segment` was sent since the last `take`."""
+        return sum(1 for seen in self.take() if seen[1] == segment)
+
+
+def test_calls_right_after_leaving_a_propagation_wait_for_the_frame_in_flight(
+    video_server: str, video_engine, held_frames: HeldFrames
+) -> None:
+    """The README's pattern: `break` out of a propagation, then call the session at once.
+    The server is still computing the next frame (it frees the session as that frame
+    ends), so each first attempt is a 409; the client waits and sends it again."""
+    calls = SessionCalls()
+    hooks = {"request": [calls.hook], "response": [held_frames.release_on_busy]}
+    with (
+        Client(video_server, event_hooks=hooks) as client,
+        client.open_video(frames=VIDEO_FRAMES[:4]) as video,
+    ):
+        video.prompt(0, 1, points=VIDEO_POINTS[:1])
+
+        def leave_early() -> None:
+            before = video_engine.videos.frames_propagated
+            held_frames.hold()
+            for i, (frame_index, masks) in enumerate(video.propagate()):
+                assert (frame_index, 1 in masks) == (i, True)
+                if i == 0:
+                    assert held_frames.in_flight.wait(timeout=30)
+                    break
+            calls.take()
+            # Frame 1 was in flight (it ends once the next call has met a 409); no
+            # frame after it is computed.
+            assert video_engine.videos.frames_propagated - before <= 2
+
+        leave_early()
+        masks = video.prompt(1, 2, box=VIDEO_BOX)
+        assert list(masks) == [1, 2]
+        assert calls.tries("prompts") >= 2  # busy first: the wait was exercised
+
+        leave_early()
+        video.remove_object(2)
+        assert calls.tries("2") >= 2
+        assert video.objects() == [1]
+
+        leave_early()
+        again = list(video.propagate(max_frames=1))  # a new propagation waits too
+        assert [f.frame_index for f in again] == [0, 1]
+        assert list(again[1].masks) == [1]
+        assert calls.tries("propagate") >= 2
+
+        leave_early()
+        video.reset()
+        assert calls.tries("reset") >= 2
+        assert video.objects() == []
+    assert video.closed
+
+
+def test_a_busy_session_is_waited_for_only_after_leaving_and_only_so_long(
+    video_server: str, held_frames: HeldFrames, monkeypatch
+) -> None:
+    """A 409 while this client still reads its propagation is raised at once (the server
+    refuses to queue a call behind a propagation of unknown length); after leaving, the
+    calls wait for at most BUSY_WAIT_S, then the 409 is raised as it is."""
+    from sam2_server.client import _core
+
+    monkeypatch.setattr(_core, "BUSY_WAIT_S", 1.0)
+    calls = SessionCalls()
+    with (
+        Client(video_server, event_hooks={"request": [calls.hook]}) as client,
+        client.open_video(frames=VIDEO_FRAMES[:3]) as video,
+    ):
+        video.prompt(0, 1, points=VIDEO_POINTS[:1])
+        held_frames.hold()  # frame 1 does not end until released
+        propagation = video.propagate()
+        assert next(propagation).frame_index == 0
+        calls.take()
+
+        started = time.monotonic()
+        with pytest.raises(Sam2Error) as busy:
+            video.prompt(1, 1, points=VIDEO_POINTS[:1])
+        assert busy.value.status == 409
+        assert time.monotonic() - started < 0.5
+        assert calls.take() == [("POST", "prompts")]  # once: not left, not waited for
+
+        assert held_frames.in_flight.wait(timeout=30)
+        propagation.close()
+        started = time.monotonic()
+        with pytest.raises(Sam2Error) as still_busy:
+            video.prompt(1, 1, points=VIDEO_POINTS[:1])
+        waited = time.monotonic() - started
+        assert still_busy.value.status == 409
+        assert "is busy" in still_busy.value.message
+        assert 0.9 <= waited < 3.0
+        tries = calls.take()
+        assert set(tries) == {("POST", "prompts")}
+        assert 3 <= len(tries) <= 10  # polled, the waits growing up to the cap
+
+        # The frame ends: within the (default) bound, the call goes through.
+        monkeypatch.setattr(_core, "BUSY_WAIT_S", 10.0)
+        held_frames.release()
+        assert list(video.prompt(1, 1, points=VIDEO_POINTS[:1])) == [1]
+
+
+def test_async_calls_right_after_leaving_a_propagation_wait_too(
+    video_server: str, held_frames: HeldFrames
+) -> None:
+    calls = SessionCalls()
+
+    async def main() -> None:
+        hooks = {"request": [calls.ahook], "response": [held_frames.arelease_on_busy]}
+        async with AsyncClient(video_server, event_hooks=hooks) as client:
+            async with client.open_video(frames=VIDEO_FRAMES[:3]) as video:
+                await video.prompt(0, 1, points=VIDEO_POINTS[:1])
+
+                async def leave_early() -> None:
+                    held_frames.hold()
+                    async with video.propagate() as frames:
+                        async for frame in frames:
+                            assert frame.frame_index == 0
+                            in_flight = held_frames.in_flight.wait
+                            assert await asyncio.to_thread(in_flight, 30)
+                            break
+                    calls.take()
+
+                await leave_early()
+                assert list(await video.prompt(1, 2, box=VIDEO_BOX)) == [1, 2]
+                assert calls.tries("prompts") >= 2
+
+                await leave_early()
+                async with video.propagate(max_frames=1) as frames:
+                    assert [f.frame_index async for f in frames] == [0, 1]
+                assert calls.tries("propagate") >= 2
+
+                await leave_early()
+                await video.remove_object(2)
+                assert calls.tries("2") >= 2
+
+                await leave_early()
+                await video.reset()
+                assert calls.tries("reset") >= 2
+                assert await video.objects() == []
+            assert video.closed
+
+    asyncio.run(main())
+
+
+def _busy_server(busy: int, retry_after: str | None = "1") -> tuple[httpx.MockTransport, list]:
+    """A stand-in server: once a propagation was asked for, the session's next `busy`
+    calls are 409s (with `retry_after`), then it answers again. Gives the transport and
+    the calls it was asked, as (method, last path segment)."""
+    from sam2_server.codecs.native import encode_rle
+
+    mask = encode_rle(np.ones((4, 6), dtype=bool))
+    line = orjson.dumps({"frame_index": 0, "objects": [{"object_id": 1, "mask": mask}]})
+    info = {"video_id": "ab" * 16, "model_id": "m", "frames": 2, "width": 6, "height": 4}
+    asked: list[tuple[str, str]] = []
+    state = {"propagated": False, "busy": busy}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        asked.append((request.method, path.rsplit("/", 1)[-1]))
+        if path == "/v1/videos":
+            return httpx.Response(201, json=info)
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        if state["propagated"] and state["busy"]:
+            state["busy"] -= 1
+            headers = {} if retry_after is None else {"Retry-After": retry_after}
+            return httpx.Response(409, headers=headers, json={"detail": {"msg": "busy"}})
+        if path.endswith("/propagate"):
+            state["propagated"] = True
+            return httpx.Response(200, content=line + b"\n" + line + b"\n")
+        return httpx.Response(200, content=line)
+
+    return httpx.MockTransport(handle), asked
+
+
+def test_only_a_409_right_after_leaving_is_sent_again() -> None:
+    # Left early: two busy answers are waited out (0.05 s, then 0.1 s).
+    transport, asked = _busy_server(busy=2)
+    with Client("http://sam2", transport=transport) as client:
+        video = client.open_video(b"clip")
+        for _ in video.propagate():
+            break
+        assert list(video.prompt(0, 1, points=[[1, 1]])) == [1]
+    assert asked == [("POST", "videos"), ("POST", "propagate")] + [("POST", "prompts")] * 3
+
+    # Read to its end: nothing was left, a 409 is someone else's and raised at once.
+    transport, asked = _busy_server(busy=2)
+    with Client("http://sam2", transport=transport) as client:
+        video = client.open_video(b"clip")
+        assert len(list(video.propagate())) == 2
+        with pytest.raises(Sam2Error) as busy:
+            video.reset()
+        assert (busy.value.status, busy.value.message) == (409, "busy")
+    assert asked.count(("POST", "reset")) == 1
+
+    # A 409 without Retry-After is not sam2-server's busy answer: raised at once.
+    transport, asked = _busy_server(busy=2, retry_after=None)
+    with Client("http://sam2", transport=transport) as client:
+        video = client.open_video(b"clip")
+        for _ in video.propagate():
+            break
+        with pytest.raises(Sam2Error):
+            video.remove_object(1)
+    assert asked.count(("DELETE", "1")) == 1
+
+
+def test_retry_after_is_seconds_or_an_http_date() -> None:
+    from email.utils import formatdate
+
+    from sam2_server.client._core import _retry_after_s
+
+    def retry_after(value: str | None) -> float | None:
+        headers = {} if value is None else {"Retry-After": value}
+        return _retry_after_s(httpx.Response(409, headers=headers))
+
+    assert retry_after("1") == 1.0
+    assert retry_after("0.5") == 0.5
+    assert retry_after("-3") == 0.0
+    assert 25 < retry_after(formatdate(time.time() + 30, usegmt=True)) <= 30  # type: ignore[operator]
+    assert retry_after(formatdate(time.time() - 30, usegmt=True)) == 0.0
+    assert retry_after("soon") is None
+    assert retry_after(None) is None
+
+
 # -- eviction (last: it pushes the shared images out of the cache) -----------------------
 
 

@@ -10,6 +10,7 @@ random weights every video mask would be empty and equality trivial.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -91,6 +92,49 @@ def test_a_session_is_owned_by_one_call_at_a_time(video_engine, session: str) ->
     assert status_of(busy.value) == 409
     steps.close()  # what a client that leaves does: the session is free again
     assert videos.prompt(session, VideoPrompt(1, 1, POINTS, LABELS, None)).frame_index == 1
+
+
+def test_a_close_during_a_step_frees_the_session_as_that_step_ends(
+    video_engine, session: str
+) -> None:
+    """The server closes a departed client's propagation from its event loop while a
+    worker thread computes the frame in flight; that client calls the session again at
+    once, so the session must be free as soon as the step returns, whatever the
+    interleaving. Here `close()` comes at the worst moment: after the step's own look at
+    `_closing`, while it still holds its lock (before the fix the session stayed taken
+    until the propagation was garbage collected: a 409 on every call meanwhile)."""
+    videos = video_engine.videos
+    videos.prompt(session, VideoPrompt(0, 1, POINTS, LABELS, None))
+    steps = videos.propagate(session, None, None, False)
+    real_lock = steps._step_lock  # type: ignore[attr-defined]
+    closes = []
+
+    class CloseJustBeforeRelease:
+        """The step lock, with a `close()` from another thread just before each release."""
+
+        def acquire(self, blocking: bool = True) -> bool:
+            return real_lock.acquire(blocking)
+
+        def release(self) -> None:
+            real_lock.release()
+
+        def __enter__(self) -> None:
+            real_lock.acquire()
+
+        def __exit__(self, *exc_info: object) -> None:
+            if not closes:
+                closer = threading.Thread(target=steps.close)  # type: ignore[attr-defined]
+                closer.start()
+                closer.join()
+                closes.append(closer)
+            real_lock.release()
+
+    steps._step_lock = CloseJustBeforeRelease()  # type: ignore[attr-defined]
+    assert next(steps).frame_index == 0
+    assert closes, "close() did not come during the step"
+    # Free the moment that step returned: no 409, nothing left to collect.
+    assert videos.prompt(session, VideoPrompt(1, 1, POINTS, LABELS, None)).frame_index == 1
+    assert list(steps) == []  # closed for good
 
 
 def test_remove_reset_and_close(video_engine, session: str) -> None:

@@ -6,7 +6,8 @@ scripts/unasync.py turns it into the sync client by replacing tokens
 `close` ...; its RULES list them all), so both clients keep one text. What
 really differs is above that line, in each file's own preamble, under the same
 names: `_offload` (CPU-heavy work: a worker thread here, so the event loop
-stays free; inline there), `_opening` (`open_video`'s answer: `_AsyncOpening`
+stays free; inline there), `_sleep` (a busy session's retry: `anyio.sleep`
+here, `time.sleep` there), `_opening` (`open_video`'s answer: `_AsyncOpening`
 here, awaitable or an async context manager; the session itself there) and
 `_ClosedWhenCollected` (only a sync propagation can close its connection from
 `__del__`).
@@ -35,9 +36,9 @@ from ._core import (
     _segment_flow,
     _upload_flow,
     _video_call,
+    _video_flow,
     _VideoBase,
 )
-from ._errors import error_of
 from ._inputs import Frames, ImageLike, VideoFile, _Image, _resolve
 from ._wire import (
     AutomaticMask,
@@ -62,6 +63,12 @@ async def _offload(func: Callable[..., _T], /, *args: Any) -> _T:
     """Run CPU-heavy work (encoding an image, decoding masks) in a worker thread, so that a
     large answer does not stall the event loop."""
     return await anyio.to_thread.run_sync(func, *args)
+
+
+async def _sleep(seconds: float) -> None:
+    """Pause before a call is sent again (a session still busy with the frame in flight of
+    a propagation just left), letting the event loop run meanwhile."""
+    await anyio.sleep(seconds)
 
 
 def _opening(open_session: Callable[[], Awaitable[AsyncVideoSession]]) -> _AsyncOpening:
@@ -209,8 +216,14 @@ class AsyncClient(_Base, _AsyncClosing):
         response = await self._run(_expect_flow(call, 201))
         return AsyncVideoSession(self, response.json())
 
-    async def _run(self, flow: _Flow[_T]) -> _T:
-        """Drive a flow: send each call it yields and hand it the response, until it returns."""
+    async def _run(self, flow: _Flow[_T], *, stream: bool = False) -> _T:
+        """Drive a flow: send each call it yields (after the pause it asks for) and hand it
+        the response, until it returns.
+
+        With `stream`, a successful response is handed over unread (a propagation reads
+        it line by line) and any other is read whole, for the flow to read its error; a
+        response the flow answers with another call is closed.
+        """
         response: httpx.Response | None = None
         while True:
             try:
@@ -218,7 +231,13 @@ class AsyncClient(_Base, _AsyncClosing):
             except StopIteration as done:
                 result: _T = done.value
                 return result
-            response = await self._http.send(call.request(self._http))
+            if response is not None and stream:
+                await response.aclose()
+            if call.wait_s > 0:
+                await _sleep(call.wait_s)
+            response = await self._http.send(call.request(self._http), stream=stream)
+            if stream and not response.is_success:
+                await response.aread()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -230,7 +249,10 @@ class AsyncVideoSession(_VideoBase, _AsyncClosing):
     Prompt objects on any frame, then `propagate()` to track them through the
     clip. Objects can be added, refined or removed at any time, also after a
     propagation. A session serves one request at a time: a second meanwhile
-    (say, a prompt during a propagation) is a `Sam2Error` 409.
+    (say, a prompt during a propagation being read) is a `Sam2Error` 409. Right
+    after leaving a propagation early, though, the server is still computing the
+    frame in flight; the session's calls then wait for it (polling, for at most
+    10 s after leaving), so a call right after a `break` just works.
     """
 
     def __init__(self, client: AsyncClient, info: dict[str, Any]) -> None:
@@ -254,7 +276,7 @@ class AsyncVideoSession(_VideoBase, _AsyncClosing):
         body = _video_prompt_body(
             frame_index, object_id, points, labels, box, clear_old_points, normalize_coords
         )
-        response = await self._client._run(_expect_flow(self._prompt_call(body)))
+        response = await self._client._run(_video_flow(self, self._prompt_call(body)))
         frame = await _offload(decode_frame, response.json())
         return frame.masks
 
@@ -273,23 +295,24 @@ class AsyncVideoSession(_VideoBase, _AsyncClosing):
         for. To stop early, leave the block of `async with session.propagate() as frames:`
         or call `aclose()`: that closes the connection, which stops the server's work at the
         frame in progress (the sync client's propagation also closes when dropped after a
-        `break`; an async one only when collected).
+        `break`; an async one only when collected). The session's next call waits for that
+        frame to end (see the class).
         """
         body = _propagate_body(start_frame_index, max_frames, reverse)
-        return AsyncPropagation(self._client._http, self._propagate_call(body))
+        return AsyncPropagation(self, self._propagate_call(body))
 
     async def objects(self) -> list[int]:
         """The ids of the objects tracked, in the order they were added."""
-        response = await self._client._run(_expect_flow(self._objects_call()))
+        response = await self._client._run(_video_flow(self, self._objects_call()))
         return [int(i) for i in response.json()["objects"]]
 
     async def remove_object(self, object_id: int) -> None:
         """Stop tracking an object and forget its prompts (404 if unknown)."""
-        await self._client._run(_expect_flow(self._remove_object_call(object_id)))
+        await self._client._run(_video_flow(self, self._remove_object_call(object_id)))
 
     async def reset(self) -> None:
         """Forget every prompt and result; the frames stay."""
-        await self._client._run(_expect_flow(self._reset_call()))
+        await self._client._run(_video_flow(self, self._reset_call()))
 
     async def aclose(self) -> None:
         """Free the session on the server (once; a session that expired is no error)."""
@@ -304,15 +327,17 @@ class AsyncPropagation(AsyncIterator[VideoFrame], _AsyncClosing, _ClosedWhenColl
     Not a list: frames arrive as they are computed, and closing this (`aclose()`, or the
     end of its `async with` block) closes the connection, which the server takes as the
     signal to stop. A failure after the first frame arrives as the stream's last line
-    and is raised here as its `Sam2Error`.
+    and is raised here as its `Sam2Error`. Closed before its last line, it tells its
+    session, whose next calls then wait for the server to finish the frame in flight.
     """
 
-    def __init__(self, http: httpx.AsyncClient, call: _Call) -> None:
-        self._http = http
+    def __init__(self, session: AsyncVideoSession, call: _Call) -> None:
+        self._session = session
         self._call = call
         self._response: httpx.Response | None = None
         self._lines: AsyncIterator[str] | None = None
         self._done = False
+        self._read_to_end = False
 
     async def __anext__(self) -> VideoFrame:
         if self._done:
@@ -326,18 +351,20 @@ class AsyncPropagation(AsyncIterator[VideoFrame], _AsyncClosing, _ClosedWhenColl
         except BaseException:
             await self.aclose()
             raise
+        self._read_to_end = True
         await self.aclose()
         raise StopAsyncIteration
 
     async def _start(self) -> AsyncIterator[str]:
-        response = await self._http.send(self._call.request(self._http), stream=True)
+        # A busy session just after a propagation was left is waited for, as for any call.
+        flow = _video_flow(self._session, self._call)
+        response = await self._session._client._run(flow, stream=True)
         self._response = response
-        if response.status_code != 200:
-            await response.aread()
-            raise error_of(response)
         return response.aiter_lines()
 
     async def aclose(self) -> None:
+        if not self._done and self._response is not None and not self._read_to_end:
+            self._session._left_propagation()  # the server is still on a frame, maybe
         self._done = True
         if self._response is not None:
             await self._response.aclose()

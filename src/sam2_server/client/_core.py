@@ -9,13 +9,15 @@ Livepeer runner's route) is made here once, and each transport (`_async`, and
 
 from __future__ import annotations
 
+import email.utils
 import mimetypes
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
@@ -29,6 +31,15 @@ DEFAULT_TIMEOUT = 120.0  # a large model's first encode on a CPU takes tens of s
 VIDEOS_PATH = "/v1/videos"
 
 _KNOWN_IDS = 1024  # (model, image id) pairs remembered as being on the server
+
+# A session whose propagation this client just left stays busy on the server until the
+# frame in flight is computed (its 409 says `Retry-After`): the session's calls wait that
+# out, polling from _BUSY_FIRST_POLL_S (a GPU frame takes milliseconds) and doubling up
+# to min(Retry-After, BUSY_POLL_S) (a CPU frame takes seconds), for at most BUSY_WAIT_S
+# after leaving. Past that, what holds the session is not the frame we left: a 409.
+BUSY_WAIT_S = 10.0
+BUSY_POLL_S = 1.0
+_BUSY_FIRST_POLL_S = 0.05
 
 _T = TypeVar("_T")
 
@@ -45,6 +56,7 @@ class _Call:
         None
     )
     data: dict[str, str] | None = None
+    wait_s: float = 0.0  # how long the driver pauses before sending (a busy session's retry)
 
     @property
     def headers(self) -> dict[str, str] | None:
@@ -281,6 +293,57 @@ def _expect_flow(call: _Call, status: int = 200) -> _Flow[httpx.Response]:
     return response
 
 
+def _video_flow(video: _VideoBase, call: _Call, status: int = 200) -> _Flow[httpx.Response]:
+    """`call` on a session, whose only good answer is `status`; a 409 (busy) that comes
+    just after this client left a propagation of the session is the frame in flight
+    still being computed, so the call is sent again (`_busy_wait_s`) rather than raised."""
+    response = yield call
+    tries = 0
+    while (wait_s := _busy_wait_s(video, response, tries)) is not None:
+        tries += 1
+        response = yield replace(call, wait_s=wait_s)
+    if response.status_code != status:
+        raise error_of(response)
+    return response
+
+
+def _busy_wait_s(video: _VideoBase, response: httpx.Response, tries: int) -> float | None:
+    """How long to wait before sending a call again that was answered `response`, or
+    None to take the answer as it is.
+
+    Only a busy answer (409 with `Retry-After`, as sam2-server says it) within
+    BUSY_WAIT_S of this session object leaving a propagation early is waited for: the
+    server frees the session as the frame in flight ends, which the leaving client
+    cannot see. Any other 409 (a propagation still being read, or another client's) is
+    raised at once, as the server means it: no wait of unknown length."""
+    if response.status_code != 409 or video._left_at is None:
+        return None
+    retry_after = _retry_after_s(response)
+    if retry_after is None:
+        return None
+    remaining = video._left_at + BUSY_WAIT_S - time.monotonic()
+    cap = min(retry_after, BUSY_POLL_S) if retry_after > 0 else BUSY_POLL_S
+    wait_s = min(_BUSY_FIRST_POLL_S * 2.0**tries, cap, remaining)
+    return wait_s if wait_s > 0 else None
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """The `Retry-After` header in seconds (delay-seconds or an HTTP date), or None."""
+    value: str | None = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    seconds: float = when.timestamp() - time.time()
+    return max(0.0, seconds)
+
+
 def _close_video_flow(video_id: str) -> _Flow[None]:
     """DELETE the session; one the server already closed (its idle timeout) is no error."""
     response = yield _Call("DELETE", f"{VIDEOS_PATH}/{video_id}")
@@ -318,6 +381,13 @@ class _VideoBase:
         self.height: int = info["height"]
         self.fps: float | None = info.get("fps")  # None for frame images
         self.closed = False
+        # When (time.monotonic) a propagation of this session was closed before its end:
+        # the server may still be computing that frame (see `_video_flow`).
+        self._left_at: float | None = None
+
+    def _left_propagation(self) -> None:
+        """A propagation of this session was closed before its last line was read."""
+        self._left_at = time.monotonic()
 
     @property
     def _path(self) -> str:

@@ -4,11 +4,12 @@
 """`Client`, `VideoSession`, `Propagation`: the sans-IO core on `httpx.Client`.
 
 Generated from `_async.py` (see its docstring), except for this preamble: the
-three names in which the sync client really differs from the async one.
+four names in which the sync client really differs from the async one.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -29,9 +30,9 @@ from ._core import (
     _segment_flow,
     _upload_flow,
     _video_call,
+    _video_flow,
     _VideoBase,
 )
-from ._errors import error_of
 from ._inputs import Frames, ImageLike, VideoFile, _Image, _resolve
 from ._wire import (
     AutomaticMask,
@@ -56,6 +57,12 @@ def _offload(func: Callable[..., _T], /, *args: Any) -> _T:
     """Run CPU-heavy work here: a sync client has no event loop to keep free (the async
     one runs it in a worker thread)."""
     return func(*args)
+
+
+def _sleep(seconds: float) -> None:
+    """Pause before a call is sent again (a session still busy with the frame in flight of
+    a propagation just left): a sync client just sleeps."""
+    time.sleep(seconds)
 
 
 def _opening(open_session: Callable[[], VideoSession]) -> VideoSession:
@@ -190,8 +197,14 @@ class Client(_Base, _Closing):
         response = self._run(_expect_flow(call, 201))
         return VideoSession(self, response.json())
 
-    def _run(self, flow: _Flow[_T]) -> _T:
-        """Drive a flow: send each call it yields and hand it the response, until it returns."""
+    def _run(self, flow: _Flow[_T], *, stream: bool = False) -> _T:
+        """Drive a flow: send each call it yields (after the pause it asks for) and hand it
+        the response, until it returns.
+
+        With `stream`, a successful response is handed over unread (a propagation reads
+        it line by line) and any other is read whole, for the flow to read its error; a
+        response the flow answers with another call is closed.
+        """
         response: httpx.Response | None = None
         while True:
             try:
@@ -199,7 +212,13 @@ class Client(_Base, _Closing):
             except StopIteration as done:
                 result: _T = done.value
                 return result
-            response = self._http.send(call.request(self._http))
+            if response is not None and stream:
+                response.close()
+            if call.wait_s > 0:
+                _sleep(call.wait_s)
+            response = self._http.send(call.request(self._http), stream=stream)
+            if stream and not response.is_success:
+                response.read()
 
     def close(self) -> None:
         self._http.close()
@@ -211,7 +230,10 @@ class VideoSession(_VideoBase, _Closing):
     Prompt objects on any frame, then `propagate()` to track them through the
     clip. Objects can be added, refined or removed at any time, also after a
     propagation. A session serves one request at a time: a second meanwhile
-    (say, a prompt during a propagation) is a `Sam2Error` 409.
+    (say, a prompt during a propagation being read) is a `Sam2Error` 409. Right
+    after leaving a propagation early, though, the server is still computing the
+    frame in flight; the session's calls then wait for it (polling, for at most
+    10 s after leaving), so a call right after a `break` just works.
     """
 
     def __init__(self, client: Client, info: dict[str, Any]) -> None:
@@ -235,7 +257,7 @@ class VideoSession(_VideoBase, _Closing):
         body = _video_prompt_body(
             frame_index, object_id, points, labels, box, clear_old_points, normalize_coords
         )
-        response = self._client._run(_expect_flow(self._prompt_call(body)))
+        response = self._client._run(_video_flow(self, self._prompt_call(body)))
         frame = _offload(decode_frame, response.json())
         return frame.masks
 
@@ -254,23 +276,24 @@ class VideoSession(_VideoBase, _Closing):
         for. To stop early, leave the block of `with session.propagate() as frames:`
         or call `close()`: that closes the connection, which stops the server's work at the
         frame in progress (the sync client's propagation also closes when dropped after a
-        `break`; an async one only when collected).
+        `break`; an async one only when collected). The session's next call waits for that
+        frame to end (see the class).
         """
         body = _propagate_body(start_frame_index, max_frames, reverse)
-        return Propagation(self._client._http, self._propagate_call(body))
+        return Propagation(self, self._propagate_call(body))
 
     def objects(self) -> list[int]:
         """The ids of the objects tracked, in the order they were added."""
-        response = self._client._run(_expect_flow(self._objects_call()))
+        response = self._client._run(_video_flow(self, self._objects_call()))
         return [int(i) for i in response.json()["objects"]]
 
     def remove_object(self, object_id: int) -> None:
         """Stop tracking an object and forget its prompts (404 if unknown)."""
-        self._client._run(_expect_flow(self._remove_object_call(object_id)))
+        self._client._run(_video_flow(self, self._remove_object_call(object_id)))
 
     def reset(self) -> None:
         """Forget every prompt and result; the frames stay."""
-        self._client._run(_expect_flow(self._reset_call()))
+        self._client._run(_video_flow(self, self._reset_call()))
 
     def close(self) -> None:
         """Free the session on the server (once; a session that expired is no error)."""
@@ -285,15 +308,17 @@ class Propagation(Iterator[VideoFrame], _Closing, _ClosedWhenCollected):
     Not a list: frames arrive as they are computed, and closing this (`close()`, or the
     end of its `with` block) closes the connection, which the server takes as the
     signal to stop. A failure after the first frame arrives as the stream's last line
-    and is raised here as its `Sam2Error`.
+    and is raised here as its `Sam2Error`. Closed before its last line, it tells its
+    session, whose next calls then wait for the server to finish the frame in flight.
     """
 
-    def __init__(self, http: httpx.Client, call: _Call) -> None:
-        self._http = http
+    def __init__(self, session: VideoSession, call: _Call) -> None:
+        self._session = session
         self._call = call
         self._response: httpx.Response | None = None
         self._lines: Iterator[str] | None = None
         self._done = False
+        self._read_to_end = False
 
     def __next__(self) -> VideoFrame:
         if self._done:
@@ -307,18 +332,20 @@ class Propagation(Iterator[VideoFrame], _Closing, _ClosedWhenCollected):
         except BaseException:
             self.close()
             raise
+        self._read_to_end = True
         self.close()
         raise StopIteration
 
     def _start(self) -> Iterator[str]:
-        response = self._http.send(self._call.request(self._http), stream=True)
+        # A busy session just after a propagation was left is waited for, as for any call.
+        flow = _video_flow(self._session, self._call)
+        response = self._session._client._run(flow, stream=True)
         self._response = response
-        if response.status_code != 200:
-            response.read()
-            raise error_of(response)
         return response.iter_lines()
 
     def close(self) -> None:
+        if not self._done and self._response is not None and not self._read_to_end:
+            self._session._left_propagation()  # the server is still on a frame, maybe
         self._done = True
         if self._response is not None:
             self._response.close()

@@ -398,7 +398,10 @@ class _Propagation(Iterator[FrameMasks]):
     may come from another thread while a frame is being computed (the server
     closes the stream of a departed client while the worker thread still
     runs): the session is then released by that step, as it ends, never
-    while the state is in use.
+    while the state is in use. A client that left early calls the session
+    again at once (its client waits out this one frame), so "as it ends"
+    must hold for every interleaving, not only at garbage collection: see
+    `__next__`'s last check.
     """
 
     def __init__(
@@ -423,6 +426,16 @@ class _Propagation(Iterator[FrameMasks]):
         self._released = False
 
     def __next__(self) -> FrameMasks:
+        try:
+            return self._step()
+        finally:
+            # A `close()` that came while this step held the lock, after the step's own
+            # look at `_closing`, found the lock taken and left the release to this step:
+            # the step lock is free now, so the release happens here, not at collection.
+            if self._closing:
+                self._release_if_idle()
+
+    def _step(self) -> FrameMasks:
         with self._step_lock:
             session = self._session
             if self._closing or self._released:
@@ -445,13 +458,19 @@ class _Propagation(Iterator[FrameMasks]):
             return masks
 
     def close(self) -> None:
+        """Stop: release the session now, or, while a frame is being computed, as that
+        step ends (never blocks: the server calls this on its event loop)."""
         self._closing = True
+        self._release_if_idle()
+        # Not idle: the step running now sees `_closing` as it ends (`__next__`'s check
+        # comes after its lock is released, so one of the two always sees the other).
+
+    def _release_if_idle(self) -> None:
         if self._step_lock.acquire(blocking=False):
             try:
                 self._finish()
             finally:
                 self._step_lock.release()
-        # else: the step running now sees `_closing` and finishes as it ends.
 
     def _finish(self) -> None:
         """Release the session, once (called with the step lock held)."""
