@@ -29,6 +29,16 @@ automatic-masks route. `open_video(...)` opens a video session
 stream as the server computes frames (closing it closes the connection,
 which stops the server's work), and `close()`.
 
+A session serves one request at a time (the server answers a second one
+meanwhile with a 409 and `Retry-After`). Leaving a propagation early (`break`,
+`close()`) frees the session only once the server has finished the frame in
+flight, which the client cannot see; so for 10 s after leaving, the session's
+calls (prompt, remove_object, reset, objects, a new propagate) that meet that
+busy 409 wait and send again, polling from 50 ms up to min(Retry-After, 1 s).
+Any other 409 (a propagation this client is still reading, or another
+client's) is raised at once, as before: the server never queues a call behind
+a propagation of unknown length, and neither does the client.
+
 Against a plain Livepeer runner (no `/v1` routes: `POST /v1/images` itself
 answers 404 or 405), the client falls back to `POST /segment-anything-2`
 with the same `Result`, and remembers that per client (automatic masks and
