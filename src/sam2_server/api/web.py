@@ -76,6 +76,12 @@ class StaticFile:
     content_type: str
     etag: str
 
+    @classmethod
+    def of(cls, name: str, body: bytes) -> StaticFile:
+        """`body` typed by `name`'s suffix (one of CONTENT_TYPES), its ETag from its bytes."""
+        suffix = "." + name.rsplit(".", 1)[-1]
+        return cls(body, CONTENT_TYPES[suffix], '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+
 
 def load_web_files() -> dict[str, StaticFile]:
     """Every servable file of the package's `web/` folder, by name."""
@@ -85,9 +91,7 @@ def load_web_files() -> dict[str, StaticFile]:
         suffix = "." + entry.name.rsplit(".", 1)[-1] if "." in entry.name else ""
         if not entry.is_file() or suffix not in CONTENT_TYPES:
             continue
-        body = entry.read_bytes()
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        loaded[entry.name] = StaticFile(body, CONTENT_TYPES[suffix], etag)
+        loaded[entry.name] = StaticFile.of(entry.name, entry.read_bytes())
     if INDEX not in loaded:
         raise RuntimeError(f"sam2_server/web/{INDEX} is missing from the installed package")
     return loaded
@@ -124,10 +128,7 @@ def load_swagger_ui_files() -> dict[str, StaticFile]:
     loaded = {}
     for path in DOCS_FILES:
         name = path.rsplit("/", 1)[-1]
-        body = (folder / name).read_bytes()
-        suffix = "." + name.rsplit(".", 1)[-1]
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        loaded[path] = StaticFile(body, CONTENT_TYPES[suffix], etag)
+        loaded[path] = StaticFile.of(name, (folder / name).read_bytes())
     return loaded
 
 
