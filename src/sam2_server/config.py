@@ -21,6 +21,11 @@ DEFAULT_MODEL_ID = "facebook/sam2-hiera-large"  # the Livepeer network's default
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
+# The annotation tools' surfaces (api/labelstudio.py, cvat.py, xanylabeling.py,
+# roboflow.py): OPEN_SURFACES names the ones answered without the token.
+TOOL_SURFACES = ("labelstudio", "cvat", "xanylabeling", "roboflow")
+LABEL_STUDIO_PREANNOTATE = ("none", "automatic")
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ENCODER_BACKENDS = ("torch", "openvino")
 # Refused at start by Settings.validate and by an Engine built from unchecked settings.
@@ -133,6 +138,23 @@ class Settings:
     # past it Ray routes elsewhere, even away from the replica holding the image.
     cluster_max_ongoing_requests: int = 8
 
+    # -- the annotation tools' surfaces --
+    # Surfaces answered without AUTH_TOKEN (names from TOOL_SURFACES): CVAT's calls to
+    # its function dashboard carry no credentials. Every other surface needs the token.
+    open_surfaces: tuple[str, ...] = ()
+    # Hosts (host or host:port) whose image URLs the server may download (Label Studio
+    # tasks, Roboflow's `url` images); the Label Studio host is added to them.
+    download_hosts: tuple[str, ...] = ()
+    download_max_bytes: int = 50 * MIB
+    download_timeout_s: float = 20.0
+    # Label Studio's address and a token for its uploads (/data/upload/...); without
+    # them, the host and token its /setup call sends.
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    # A /predict without a prompt (batch pre-annotation): "none" answers no regions,
+    # "automatic" answers automatic masks.
+    label_studio_preannotate: str = "none"
+
     @property
     def default_model_id(self) -> str:
         return self.model_ids[0]
@@ -206,6 +228,20 @@ class Settings:
             ),
             cluster_max_ongoing_requests=_int(
                 env, "CLUSTER_MAX_ONGOING_REQUESTS", base.cluster_max_ongoing_requests
+            ),
+            open_surfaces=_names(env, "OPEN_SURFACES", TOOL_SURFACES),
+            download_hosts=_split_ids(env.get("DOWNLOAD_HOSTS", "")),
+            download_max_bytes=_int(env, "DOWNLOAD_MAX_BYTES", base.download_max_bytes),
+            download_timeout_s=_float(
+                env, "DOWNLOAD_TIMEOUT", base.download_timeout_s, positive=True
+            ),
+            label_studio_url=(env.get("LABEL_STUDIO_URL") or "").strip().rstrip("/") or None,
+            label_studio_api_key=(env.get("LABEL_STUDIO_API_KEY") or "").strip() or None,
+            label_studio_preannotate=_choice(
+                env,
+                "LABEL_STUDIO_PREANNOTATE",
+                LABEL_STUDIO_PREANNOTATE,
+                base.label_studio_preannotate,
             ),
         )
 
@@ -299,6 +335,17 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in {"0", "false", "no", "off"}:
         return False
     raise SystemExit(f"{name} must be true or false, got {raw!r}")
+
+
+def _names(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of names from `choices`; an unknown one is an exit, not ignored."""
+    names = tuple(part.lower() for part in _split_ids(env.get(name, "")))
+    unknown = [part for part in names if part not in choices]
+    if unknown:
+        raise SystemExit(
+            f"{name} names {', '.join(unknown)}; the surfaces are {', '.join(choices)}"
+        )
+    return names
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:

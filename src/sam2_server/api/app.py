@@ -19,25 +19,34 @@ from starlette.applications import Starlette
 from sam2_server import __version__
 from sam2_server.api.admission import Admission
 from sam2_server.api.automatic import build_automatic_router
+from sam2_server.api.cvat import build_cvat_router
 from sam2_server.api.errors import install_error_handlers
-from sam2_server.api.guard import RequestGuard
+from sam2_server.api.guard import API_KEY, BASIC, TOKEN_HEADER, RequestGuard, Surface
 from sam2_server.api.hardware import build_hardware_router
+from sam2_server.api.labelstudio import build_labelstudio_router
 from sam2_server.api.livepeer import ARRAY_FIELDS, build_livepeer_router
 from sam2_server.api.native import build_native_router
 from sam2_server.api.observe import Metrics, Observer
 from sam2_server.api.operations import build_operations_router
 from sam2_server.api.paths import (
+    CVAT_PATHS,
     DOCS_FILES,
     HARDWARE_PATHS,
     IMAGES_PATH,
+    LABEL_STUDIO_PATH,
     OPS_PATHS,
+    ROBOFLOW_PATH,
     ROUTES,
     SEGMENT_PATH,
+    TOOL_PREFIXES,
     VIDEOS_PATH,
+    XANYLABELING_PATH,
 )
+from sam2_server.api.roboflow import build_roboflow_router, roboflow_error_body
 from sam2_server.api.service import Segmenter
 from sam2_server.api.videos import build_video_router
 from sam2_server.api.web import build_docs_router, build_web_router
+from sam2_server.api.xanylabeling import build_xanylabeling_router, xanylabeling_error_body
 from sam2_server.config import GIB, Settings, machine_memory_bytes
 
 logger = logging.getLogger(__name__)
@@ -77,6 +86,10 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
     app.include_router(build_native_router(settings, admission))
     app.include_router(build_automatic_router(settings, admission))
     app.include_router(build_video_router(settings, admission))
+    app.include_router(build_labelstudio_router(settings, admission))
+    app.include_router(build_cvat_router(settings, admission))
+    app.include_router(build_xanylabeling_router(settings, admission))
+    app.include_router(build_roboflow_router(settings, admission))
     app.include_router(build_web_router())
     app.include_router(build_docs_router(app.title, app.openapi_url or "/openapi.json"))
     install_error_handlers(app)
@@ -87,7 +100,7 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
         Observer,
         metrics=metrics,
         routes=(*ROUTES, *HARDWARE_PATHS, *DOCS_FILES),
-        prefixes=(IMAGES_PATH, VIDEOS_PATH),
+        prefixes=(IMAGES_PATH, VIDEOS_PATH, *TOOL_PREFIXES),
     )
     return app
 
@@ -101,11 +114,46 @@ def add_request_guard(app: Starlette, settings: Settings) -> None:
     app.add_middleware(
         RequestGuard,
         auth_token=settings.auth_token,
-        protected_paths=(SEGMENT_PATH, *OPS_PATHS),
-        protected_prefixes=(IMAGES_PATH, VIDEOS_PATH),
+        surfaces=surfaces(settings),
         max_request_bytes=settings.max_request_bytes,
         read_timeout_s=settings.body_read_timeout_s,
         total_timeout_s=settings.body_total_timeout_s,
+    )
+
+
+def surfaces(settings: Settings) -> tuple[Surface, ...]:
+    """Every path that needs the token, and how each tool may send it.
+
+    Each tool authenticates the way its client does; all check the same
+    token. OPEN_SURFACES opens a tool's surface by name (CVAT's calls to its
+    function dashboard carry no credentials).
+    """
+    opened = set(settings.open_surfaces)
+    return (
+        Surface("core", paths=(SEGMENT_PATH, *OPS_PATHS), prefixes=(IMAGES_PATH, VIDEOS_PATH)),
+        Surface(
+            "labelstudio",
+            prefixes=(LABEL_STUDIO_PATH,),
+            ways=frozenset({BASIC}),
+            open="labelstudio" in opened,
+            challenge=b'Basic realm="sam2-server"',
+        ),
+        Surface("cvat", prefixes=CVAT_PATHS, open="cvat" in opened),
+        Surface(
+            "xanylabeling",
+            prefixes=(XANYLABELING_PATH,),
+            ways=frozenset({TOKEN_HEADER}),
+            open="xanylabeling" in opened,
+            body=xanylabeling_error_body,
+            challenge=b"Token",
+        ),
+        Surface(
+            "roboflow",
+            prefixes=(ROBOFLOW_PATH,),
+            ways=frozenset({API_KEY}),
+            open="roboflow" in opened,
+            body=roboflow_error_body,
+        ),
     )
 
 

@@ -15,5 +15,12 @@ OPS_PATHS = ("/stats", "/metrics")
 HARDWARE_PATHS = ("/hardware/info", "/hardware/stats")  # Livepeer's runner's
 WEB_PREFIX = "/web"  # the page's assets; the page itself is "/"
 DOCS_FILES = ("/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css", "/docs/favicon-32x32.png")
+# The annotation tools' surfaces, each at the paths its tool calls (docs/tools.md).
+LABEL_STUDIO_PATH = "/labelstudio"  # Label Studio's ML backend URL: http://host:port/labelstudio
+XANYLABELING_PATH = "/xanylabeling"  # X-AnyLabeling's server URL; its client adds /v1/...
+ROBOFLOW_PATH = "/sam2"  # Roboflow inference's /sam2/embed_image and /sam2/segment_image
+# CVAT reaches interactors through the Nuclio dashboard's API at a host's root.
+CVAT_PATHS = ("/api/functions", "/api/function_invocations")
+TOOL_PREFIXES = (LABEL_STUDIO_PATH, XANYLABELING_PATH, ROBOFLOW_PATH, *CVAT_PATHS)
 # Whole paths the metrics name as themselves (the rest: by their prefix).
 ROUTES = (SEGMENT_PATH, "/health", "/version", *OPS_PATHS, "/openapi.json", "/docs", "/")
