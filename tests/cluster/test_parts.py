@@ -15,7 +15,15 @@ from starlette.routing import Route as StarletteRoute
 
 from sam2_server.cluster.asgi import ForwardedRequest, Head, Lifespan, run_http
 from sam2_server.cluster.directory import Directory
-from sam2_server.cluster.routing import ANY, UPLOAD, Route, route_of, video_id_of
+from sam2_server.cluster.routing import (
+    ANY,
+    UPLOAD,
+    Route,
+    inline_image_key,
+    route_of,
+    video_id_of,
+)
+from sam2_server.domain import image_id_of
 
 pytest.importorskip("ray")
 
@@ -38,6 +46,32 @@ def test_routing_keys() -> None:
     assert video_id_of(f"/v1/images/{IMAGE_ID}") is None
     for path in ("/health", "/", "/docs", "/hardware/info", "/v1/imagesX/1"):
         assert route_of("GET", path) == ANY
+
+
+def test_a_tools_inline_image_is_keyed_by_its_decoded_bytes() -> None:
+    """CVAT, X-AnyLabeling and Roboflow re-send the image on every click: each click
+    is keyed by the SHA-256 the engine caches the decoded image under."""
+    import base64
+
+    import orjson
+
+    data = b"\xff\xd8 some image bytes"
+    key = image_id_of(data)
+    encoded = base64.b64encode(data).decode()
+    bodies = {
+        "/api/function_invocations": {"image": encoded, "pos_points": [[1, 2]]},
+        "/xanylabeling/v1/predict": {"image": f"data:image/jpeg;base64,{encoded}"},
+        "/sam2/segment_image": {"image": {"type": "base64", "value": encoded}},
+        "/sam2/embed_image": {"image": {"type": "base64", "value": encoded}},
+    }
+    for path, body in bodies.items():
+        assert inline_image_key("POST", path, orjson.dumps(body)) == key, path
+    url_image = {"image": {"type": "url", "value": "http://example.com/a.jpg"}}
+    assert inline_image_key("POST", "/sam2/segment_image", orjson.dumps(url_image)) is None
+    assert inline_image_key("POST", "/sam2/segment_image", b"not json") is None
+    assert inline_image_key("POST", "/sam2/segment_image", b"[1, 2]") is None
+    assert inline_image_key("GET", "/xanylabeling/v1/predict", b"{}") is None
+    assert inline_image_key("POST", "/v1/images", orjson.dumps({"image": encoded})) is None
 
 
 def test_the_directory_keeps_uploads_within_its_bytes() -> None:

@@ -42,7 +42,7 @@ from sam2_server.api.errors import json_error
 from sam2_server.api.paths import IMAGES_PATH
 from sam2_server.cluster.asgi import ELSEWHERE, ForwardedRequest, Head
 from sam2_server.cluster.loopback import bind_replica_grpc_to_loopback
-from sam2_server.cluster.routing import route_of
+from sam2_server.cluster.routing import inline_image_key, route_of
 from sam2_server.config import Settings
 from sam2_server.domain import image_id_of
 
@@ -133,6 +133,8 @@ def build_ingress_app(
                 key = image_id_of(data)
                 if path.rstrip("/") == IMAGES_PATH:
                     await directory.put_upload.remote(key, data)
+        elif key is None:
+            key = inline_image_key(request.method, path, body)
         forwarded = ForwardedRequest(
             method=request.method,
             path=path,
