@@ -89,6 +89,8 @@ def test_x_anylabeling_takes_its_token_header_and_answers_in_its_shape() -> None
     assert refused.json()["success"] is False
     assert refused.json()["error"]["code"] == "UNAUTHORIZED"
     assert client.get("/v1/images/x", headers={"Token": TOKEN}).status_code == 401
+    # Its server's /health is open, as the rest of the API's /health is.
+    assert client.get("/xanylabeling/health").status_code == 200
 
 
 def test_roboflow_takes_api_key_in_the_query_or_the_json_body() -> None:

@@ -25,6 +25,7 @@ from sam2_server.api.guard import API_KEY, BASIC, TOKEN_HEADER, RequestGuard, Su
 from sam2_server.api.hardware import build_hardware_router
 from sam2_server.api.labelstudio import build_labelstudio_router
 from sam2_server.api.livepeer import ARRAY_FIELDS, build_livepeer_router
+from sam2_server.api.models import build_models_router
 from sam2_server.api.native import build_native_router
 from sam2_server.api.observe import Metrics, Observer
 from sam2_server.api.operations import build_operations_router
@@ -34,6 +35,7 @@ from sam2_server.api.paths import (
     HARDWARE_PATHS,
     IMAGES_PATH,
     LABEL_STUDIO_PATH,
+    MODELS_PATH,
     OPS_PATHS,
     ROBOFLOW_PATH,
     ROUTES,
@@ -83,6 +85,7 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
     app.include_router(build_livepeer_router(settings, admission))
     app.include_router(build_operations_router(admission, metrics))
     app.include_router(build_hardware_router())
+    app.include_router(build_models_router())
     app.include_router(build_native_router(settings, admission))
     app.include_router(build_automatic_router(settings, admission))
     app.include_router(build_video_router(settings, admission))
@@ -130,7 +133,11 @@ def surfaces(settings: Settings) -> tuple[Surface, ...]:
     """
     opened = set(settings.open_surfaces)
     return (
-        Surface("core", paths=(SEGMENT_PATH, *OPS_PATHS), prefixes=(IMAGES_PATH, VIDEOS_PATH)),
+        Surface(
+            "core",
+            paths=(SEGMENT_PATH, *OPS_PATHS, MODELS_PATH),
+            prefixes=(IMAGES_PATH, VIDEOS_PATH),
+        ),
         Surface(
             "labelstudio",
             prefixes=(LABEL_STUDIO_PATH,),
@@ -146,6 +153,7 @@ def surfaces(settings: Settings) -> tuple[Surface, ...]:
             open="xanylabeling" in opened,
             body=xanylabeling_error_body,
             challenge=b"Token",
+            public=(XANYLABELING_PATH + "/health",),  # open on X-AnyLabeling-Server too
         ),
         Surface(
             "roboflow",

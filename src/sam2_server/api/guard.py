@@ -51,8 +51,12 @@ class Surface:
     open: bool = False
     body: Callable[[int, str], bytes] = field(default=lambda status, message: error_body(message))
     challenge: bytes = b"Bearer"
+    # Paths under the prefixes that stay open, as the tool's own server leaves them.
+    public: tuple[str, ...] = ()
 
     def covers(self, path: str) -> bool:
+        if path in self.public:
+            return False
         return path in self.paths or any(
             path == prefix or path.startswith(prefix + "/") for prefix in self.prefixes
         )
@@ -80,6 +84,7 @@ class RequestGuard:
                 open=s.open,
                 body=s.body,
                 challenge=s.challenge,
+                public=tuple(p.rstrip("/") for p in s.public),
             )
             for s in surfaces
         )
