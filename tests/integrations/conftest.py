@@ -20,6 +20,14 @@ TOOLS_TOKEN = "tools-token-3b1f"
 VENVS = Path(__file__).resolve().parents[2] / ".venvs"
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Boot Label Studio in the background as soon as its tests are collected."""
+    if any("integrations/test_labelstudio.py" in item.nodeid for item in session.items):
+        from tests.integrations.test_labelstudio import boot_early
+
+        boot_early()
+
+
 @pytest.fixture(scope="session")
 def tools_server(reduced_model: LocalModel) -> Iterator[Server]:
     """`sam2-server serve` with AUTH_TOKEN=TOOLS_TOKEN and the reduced model."""

@@ -23,7 +23,7 @@ from sam2_server.api.cvat import build_cvat_router
 from sam2_server.api.errors import install_error_handlers
 from sam2_server.api.guard import API_KEY, BASIC, TOKEN_HEADER, RequestGuard, Surface
 from sam2_server.api.hardware import build_hardware_router
-from sam2_server.api.labelstudio import build_labelstudio_router
+from sam2_server.api.labelstudio import build_labelstudio_router, labelstudio_error_body
 from sam2_server.api.livepeer import ARRAY_FIELDS, build_livepeer_router
 from sam2_server.api.models import build_models_router
 from sam2_server.api.native import build_native_router
@@ -143,7 +143,10 @@ def surfaces(settings: Settings) -> tuple[Surface, ...]:
             prefixes=(LABEL_STUDIO_PATH,),
             ways=frozenset({BASIC}),
             open="labelstudio" in opened,
+            body=labelstudio_error_body,
             challenge=b'Basic realm="sam2-server"',
+            # Label Studio posts its webhooks without credentials; the route only acknowledges.
+            public=(LABEL_STUDIO_PATH + "/webhook",),
         ),
         Surface("cvat", prefixes=CVAT_PATHS, open="cvat" in opened),
         Surface(

@@ -78,16 +78,25 @@ class Downloader:
             ) from None
 
     async def _fetch(self, url: str, headers: dict[str, str]) -> bytes:
+        # Ask for the bytes as stored: the cap counts the wire, and encoded bodies are refused.
+        headers = {**headers, "accept-encoding": "identity"}
         async with httpx.AsyncClient(
             transport=self._transport, follow_redirects=False, trust_env=False, timeout=None
         ) as client:
             for _ in range(MAX_REDIRECTS + 1):
-                request = await self._request(client, url, headers)
-                response = await client.send(request, stream=True)
+                response = await self._send(client, url, headers)
                 try:
                     if response.is_redirect:
                         location = response.headers.get("location", "")
-                        url = urljoin(url, location)
+                        target = urljoin(url, location)
+                        if _crosses_origin(url, target):
+                            # As browsers and requests do: credentials stay with their host.
+                            headers = {
+                                k: v
+                                for k, v in headers.items()
+                                if k.lower() not in ("authorization", "cookie")
+                            }
+                        url = target
                         continue
                     if response.status_code != 200:
                         raise bad_request(
@@ -98,10 +107,10 @@ class Downloader:
                     await response.aclose()
         raise bad_request(f"downloading {_shown(url)}: more than {MAX_REDIRECTS} redirects")
 
-    async def _request(
+    async def _send(
         self, client: httpx.AsyncClient, url: str, headers: dict[str, str]
-    ) -> httpx.Request:
-        """A request to the checked address of an allowed host, named as the host."""
+    ) -> httpx.Response:
+        """The response from the first checked address of the URL's host that connects."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise bad_request(f"only http(s) image URLs can be downloaded, got {_shown(url)}")
@@ -112,14 +121,29 @@ class Downloader:
                 f"{allowed}); add it to DOWNLOAD_HOSTS"
             )
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = await _checked_address(parts.hostname, port)
         host_header = parts.netloc.rpartition("@")[2]
-        target = httpx.URL(url).copy_with(host=address, port=port)
-        return client.build_request(
-            "GET",
-            target,
-            headers={**headers, "host": host_header},
-            extensions={"sni_hostname": parts.hostname},
+        failure = ""
+        for address in await _checked_addresses(parts.hostname, port):
+            request = client.build_request(
+                "GET",
+                httpx.URL(url).copy_with(host=address, port=port),
+                headers={**headers, "host": host_header},
+                extensions={"sni_hostname": parts.hostname},
+            )
+            try:
+                return await client.send(request, stream=True)
+            except httpx.ConnectError as exc:
+                failure = str(exc) or type(exc).__name__
+            except httpx.TransportError as exc:
+                raise ServiceError(
+                    ErrorKind.UNAVAILABLE,
+                    f"downloading {_shown(url)} failed: {type(exc).__name__}",
+                    retry_after_s=5,
+                ) from None
+        raise ServiceError(
+            ErrorKind.UNAVAILABLE,
+            f"cannot connect to {parts.hostname}:{port} ({failure})",
+            retry_after_s=5,
         )
 
     async def _read(self, response: httpx.Response, url: str) -> bytes:
@@ -168,15 +192,17 @@ class RememberedUrls:
             self._ids.popitem(last=False)
 
 
-async def _checked_address(host: str, port: int) -> str:
-    """One address of `host` that is not link-local, multicast, reserved or unspecified."""
+async def _checked_addresses(host: str, port: int) -> list[str]:
+    """The addresses of `host`, in the resolver's order, without link-local, multicast,
+    reserved or unspecified ones (a 400 naming them when none is left)."""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         raise ServiceError(
             ErrorKind.UNAVAILABLE, f"cannot resolve {host}", retry_after_s=5
         ) from None
-    refused = []
+    accepted: list[str] = []
+    refused: list[str] = []
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         mapped = getattr(address, "ipv4_mapped", None) or address
@@ -187,9 +213,18 @@ async def _checked_address(host: str, port: int) -> str:
             or mapped.is_reserved
         ):
             refused.append(str(address))
-            continue
-        return str(address)
-    raise bad_request(f"{host} resolves to refused addresses ({', '.join(refused)})")
+        elif str(address) not in accepted:
+            accepted.append(str(address))
+    if not accepted:
+        raise bad_request(f"{host} resolves to refused addresses ({', '.join(refused)})")
+    return accepted
+
+
+def _crosses_origin(source: str, target: str) -> bool:
+    """A redirect to another host or port, or from https down to http."""
+    before, after = urlsplit(source), urlsplit(target)
+    downgrade = before.scheme == "https" and after.scheme != "https"
+    return downgrade or _url_key(source) != _url_key(target)
 
 
 def _host_key(url_or_host: str) -> str:
