@@ -31,23 +31,12 @@ from pycocotools import mask as mask_utils
 
 from tests.conftest import DATA
 from tests.e2e.process import Server, serving_local
+from tests.web.conftest import CHROMIUM, VIEWPORT
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TOKEN = "web-token"
 PHOTO = DATA / "groceries.jpg"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
 SCREENSHOT_MAX_BYTES = 300_000
-VIEWPORT = {"width": 1200, "height": 760}
 
 # Random weights never pass the generator's default thresholds, and their
 # noise masks all have the whole image as their box (one survives the box
@@ -74,39 +63,11 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server(reduced_model) -> Iterator[Server]:
-    with serving_local(reduced_model, AUTH_TOKEN=TOKEN) as server:
+    # No time budget for automatic masks: the speed the server learns from the earlier
+    # small grids, on a loaded machine, could refuse the slow grid the abort tests
+    # need before it starts (a 400 instead of a request to abort).
+    with serving_local(reduced_model, AUTH_TOKEN=TOKEN, AUTOMATIC_TIME_BUDGET="0") as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def page(browser, server) -> Iterator:
-    """A fresh page that records console errors and every URL it requests."""
-    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
-    page = context.new_page()
-    page.errors = []
-    page.urls = []
-    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("request", lambda r: page.urls.append(r.url))
-    page.set_default_timeout(20_000)
-    try:
-        yield page
-    finally:
-        context.close()
 
 
 def is_segment(response) -> bool:
@@ -640,11 +601,12 @@ def canvas_rgba(page, canvas_id: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(_b64(url.split(",", 1)[1]))).convert("RGBA"))
 
 
-def save_screenshot(page, tmp_path: Path) -> None:
+def save_screenshot(page, tmp_path: Path, target: Path = SCREENSHOT) -> None:
     """The full-colour screenshot under tmp_path; with UPDATE_SCREENSHOT=1 also
-    the README's docs/screenshot.png, a palette copy with as many colours as fit
-    in SCREENSHOT_MAX_BYTES. (Opt-in: its timings differ on every run, and a
-    test run should not leave the checkout modified.)"""
+    `target` in docs/ (the README's docs/screenshot.png by default), a palette
+    copy with as many colours as fit in SCREENSHOT_MAX_BYTES. (Opt-in: its
+    timings differ on every run, and a test run should not leave the checkout
+    modified.)"""
     full = tmp_path / "page.png"
     page.screenshot(path=str(full))
     image = Image.open(full).convert("RGB")
@@ -656,9 +618,9 @@ def save_screenshot(page, tmp_path: Path) -> None:
         if len(buffer.getvalue()) < SCREENSHOT_MAX_BYTES:
             break
     assert len(buffer.getvalue()) < SCREENSHOT_MAX_BYTES
-    (tmp_path / "screenshot.png").write_bytes(buffer.getvalue())
+    (tmp_path / target.name).write_bytes(buffer.getvalue())
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
-        SCREENSHOT.write_bytes(buffer.getvalue())
+        target.write_bytes(buffer.getvalue())
 
 
 def _b64(text: str) -> bytes:

@@ -3,7 +3,7 @@
 The page is plain HTML, CSS and JavaScript modules with no build step, shipped
 inside the package and read with importlib.resources, so an installed wheel
 serves it exactly as a source checkout does. It talks only to this server's
-native API (`/v1/images`); nothing is fetched from anywhere else, and the
+native API (`/v1/images`, `/v1/videos`); nothing is fetched from anywhere else, and the
 Content-Security-Policy says so to the browser too.
 
 The files are read once, when the router is built: they are a few kilobytes,
@@ -48,9 +48,10 @@ CONTENT_TYPES = {
 }
 
 # Same origin only; blob: and data: for the user's own image and the decoded
-# masks. No inline script or style: the page has none.
+# masks, blob: for the user's own video file (video mode plays it in a <video>
+# element to show its frames). No inline script or style: the page has none.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "default-src 'self'; img-src 'self' blob: data:; media-src blob:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 

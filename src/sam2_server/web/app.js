@@ -4,11 +4,14 @@
 // so undo shows the earlier answer again without asking the server.
 // "Segment everything" is a step of that history too: prompts after it start
 // afresh on top of it, and undo comes back to its masks.
+// Video mode (video.js) has its own state and tools; the tabs (or I / V) switch
+// between the two, and each keeps its work while the other is shown.
 
 import { Api, ApiError, REPORT } from "./api.js";
 import { everythingOverlay, parametersFromQuery } from "./everything.js";
 import { maskOverlay } from "./mask.js";
 import { base64ToBytes, candidateMaskInput, decodePacked } from "./packed.js";
+import { initVideo, isVideoFile } from "./video.js";
 import { Stage } from "./view.js";
 
 const TOKEN_KEY = "sam2-server.token";
@@ -32,6 +35,10 @@ const ui = {
   download: $("download"),
   status: $("status"),
   error: $("error"),
+  tabImage: $("tab-image"),
+  tabVideo: $("tab-video"),
+  keysButton: $("keys-button"),
+  keysPanel: $("keys-panel"),
 };
 
 const state = {
@@ -56,6 +63,7 @@ const stage = new Stage({
   onBox: (box) => addPrompt({ box }),
   backgroundMode: () => state.background,
 });
+const video = initVideo({ getToken: () => ui.token.value.trim() });
 
 /** An answer for an image the user has since replaced: nobody wants it. */
 class Superseded extends Error {}
@@ -522,6 +530,26 @@ function downloadMask() {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
+// ---- modes and the list of keys ----------------------------------------
+
+function mode() {
+  return document.body.dataset.mode;
+}
+
+function setMode(next) {
+  if (next === mode()) return;
+  document.body.dataset.mode = next;
+  ui.tabImage.setAttribute("aria-selected", String(next === "image"));
+  ui.tabVideo.setAttribute("aria-selected", String(next === "video"));
+  if (next === "video") video.activate();
+  else video.deactivate();
+}
+
+function toggleKeys(show = ui.keysPanel.hidden) {
+  ui.keysPanel.hidden = !show;
+  ui.keysButton.setAttribute("aria-expanded", String(show));
+}
+
 function firstImage(fileList) {
   return [...(fileList || [])].find((f) => f.type.startsWith("image/")) || (fileList || [])[0];
 }
@@ -555,29 +583,57 @@ function wire() {
     event.preventDefault();
     depth = 0;
     document.body.classList.remove("dragging");
-    openFile(firstImage(event.dataTransfer.files));
+    const files = [...event.dataTransfer.files];
+    // A video file opens video mode; in video mode, images are its frames.
+    if (mode() === "video" || files.some(isVideoFile)) {
+      setMode("video");
+      video.open(files);
+    } else {
+      openFile(firstImage(files));
+    }
   });
   window.addEventListener("paste", (event) => {
+    if (mode() !== "image") return;
     const file = firstImage(event.clipboardData && event.clipboardData.files);
     if (file) openFile(file);
   });
 
+  ui.tabImage.addEventListener("click", () => setMode("image"));
+  ui.tabVideo.addEventListener("click", () => setMode("video"));
+  ui.keysButton.addEventListener("click", () => toggleKeys());
+
   window.addEventListener("keydown", (event) => {
     if (event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement) return;
-    const entry = current();
-    if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z") undo();
-    else if (event.ctrlKey || event.metaKey || event.altKey) return;
-    else if (event.key === "Escape") clearPrompts();
-    else if (event.key === "b") setBackground(true);
-    else if (event.key === "f") setBackground(false);
-    else if (event.key === "e") segmentEverything();
-    else if (event.key === "ArrowRight") choose(entry.chosen + 1);
-    else if (event.key === "ArrowLeft") choose(entry.chosen - 1);
-    else if (/^[1-9]$/.test(event.key) && entry.result && Number(event.key) <= entry.result.masks.length) {
-      choose(Number(event.key) - 1);
-    } else return;
-    event.preventDefault();
+    if (pageKey(event) || (mode() === "video" ? video.onKey(event) : imageKey(event))) event.preventDefault();
   });
+}
+
+/** The keys of both modes; true when the key was one. */
+function pageKey(event) {
+  if (event.ctrlKey || event.metaKey || event.altKey) return false;
+  if (event.key === "?") toggleKeys();
+  else if (event.key === "Escape" && !ui.keysPanel.hidden) toggleKeys(false);
+  else if (event.key === "i") setMode("image");
+  else if (event.key === "v") setMode("video");
+  else return false;
+  return true;
+}
+
+/** Image mode's keys; true when the key was one. */
+function imageKey(event) {
+  const entry = current();
+  if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z") undo();
+  else if (event.ctrlKey || event.metaKey || event.altKey) return false;
+  else if (event.key === "Escape") clearPrompts();
+  else if (event.key === "b") setBackground(true);
+  else if (event.key === "f") setBackground(false);
+  else if (event.key === "e") segmentEverything();
+  else if (event.key === "ArrowRight") choose(entry.chosen + 1);
+  else if (event.key === "ArrowLeft") choose(entry.chosen - 1);
+  else if (/^[1-9]$/.test(event.key) && entry.result && Number(event.key) <= entry.result.masks.length) {
+    choose(Number(event.key) - 1);
+  } else return false;
+  return true;
 }
 
 /** A points_per_side from the page's address shows in the Detail select, as an option of its own if need be. */

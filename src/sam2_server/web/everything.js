@@ -102,10 +102,20 @@ export function everythingOverlay(records, width, height) {
     paintRle(records[index].segmentation, width, height, owner, index);
   }
 
+  const colours = records.map((_, index) => maskColour(index));
+  const { overlay, shown } = ownerOverlay(owner, colours, width, height);
+  return { overlay, visible: shown.reduce((a, b) => a + b, 0) };
+}
+
+/**
+ * The overlay of an `owner` map (per pixel, the index of the mask shown there,
+ * -1 for none): each mask's fill in `colours[index]`, its outline lighter.
+ * Also `shown`: 1 for each index that owns at least one pixel.
+ */
+export function ownerOverlay(owner, colours, width, height) {
   const overlay = new ImageData(width, height);
   const out = overlay.data;
-  const colours = records.map((_, index) => maskColour(index));
-  const shown = new Uint8Array(records.length);
+  const shown = new Uint8Array(colours.length);
   for (let y = 0; y < height; y++) {
     for (let x = 0; x < width; x++) {
       const i = y * width + x;
@@ -127,12 +137,13 @@ export function everythingOverlay(records, width, height) {
       out[k + 3] = edge ? EDGE_ALPHA : FILL_ALPHA;
     }
   }
-  return { overlay, visible: shown.reduce((a, b) => a + b, 0) };
+  return { overlay, shown };
 }
 
 /** Set owner = index on the mask's pixels. COCO RLE runs go down the columns
- * (Fortran order), alternating outside and inside, starting outside. */
-function paintRle(rle, width, height, owner, index) {
+ * (Fortran order), alternating outside and inside, starting outside. Returns
+ * the mask's area (its pixels, whether painted over or not). */
+export function paintRle(rle, width, height, owner, index) {
   if (!rle || typeof rle.counts !== "string") {
     throw new Error("a mask is not COCO RLE with a string of counts");
   }
@@ -148,6 +159,7 @@ function paintRle(rle, width, height, owner, index) {
   }
   let x = 0;
   let y = 0;
+  let area = 0;
   for (let run = 0; run < counts.length; run++) {
     const inside = run % 2 === 1;
     let n = counts[run];
@@ -157,6 +169,7 @@ function paintRle(rle, width, height, owner, index) {
       y = (y + n) % height;
       continue;
     }
+    area += n;
     while (n-- > 0) {
       owner[y * width + x] = index;
       if (++y === height) {
@@ -165,6 +178,7 @@ function paintRle(rle, width, height, owner, index) {
       }
     }
   }
+  return area;
 }
 
 function hslToRgb(hue, saturation, lightness) {

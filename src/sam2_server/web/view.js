@@ -2,7 +2,8 @@
 // fitted size. The mask canvas has the image's own resolution (the server's
 // masks are full size); the marks canvas has the screen's, so points stay
 // crisp and the same size whatever the zoom. Pointer input comes out as
-// prompts in original image pixels.
+// prompts in original image pixels. The image page and the video page each
+// have one, on their own elements.
 
 const DRAG_THRESHOLD_PX = 5;
 const MAX_UPSCALE = 8;
@@ -10,14 +11,18 @@ const MAX_UPSCALE = 8;
 export class Stage {
   /**
    * @param {{onPoint: (x, y, label) => void, onBox: (box) => void, backgroundMode: () => boolean}} handlers
+   * @param {{wrap?, root?, photo?, mask?, marks?}} ids the elements' ids (the image page's by default)
+   * @param {{allBoxes?: boolean}} options allBoxes: draw every prompt's box, not only the last one
    */
-  constructor(handlers) {
+  constructor(handlers, ids = {}, options = {}) {
     this.handlers = handlers;
-    this.wrap = document.getElementById("stage-wrap");
-    this.root = document.getElementById("stage");
-    this.photo = document.getElementById("photo");
-    this.maskCanvas = document.getElementById("mask");
-    this.marksCanvas = document.getElementById("marks");
+    this.options = options;
+    const $ = (key, fallback) => document.getElementById(ids[key] || fallback);
+    this.wrap = $("wrap", "stage-wrap");
+    this.root = $("root", "stage");
+    this.photo = $("photo", "photo");
+    this.maskCanvas = $("mask", "mask");
+    this.marksCanvas = $("marks", "marks");
     this.width = 0;
     this.height = 0;
     this.prompts = [];
@@ -137,41 +142,47 @@ export class Stage {
     const sy = canvas.height / this.height;
     const dpr = window.devicePixelRatio || 1;
     const boxes = this.prompts.filter((p) => p.box);
-    const shownBox = boxes.length ? boxes[boxes.length - 1].box : null;
-    if (shownBox) drawBox(context, shownBox, sx, sy, dpr, false);
+    const shown = this.options.allBoxes ? boxes : boxes.slice(-1);
+    for (const prompt of shown) drawBox(context, prompt.box, sx, sy, dpr, false, prompt.colour);
     if (this.drag && this.drag.end) {
       const [x0, y0] = this.drag.start;
       const [x1, y1] = this.drag.end;
       drawBox(context, [x0, y0, x1, y1], sx, sy, dpr, true);
     }
     for (const prompt of this.prompts) {
-      if (prompt.point) drawPoint(context, prompt.point[0] * sx, prompt.point[1] * sy, prompt.label, dpr);
+      if (prompt.point) {
+        drawPoint(context, prompt.point[0] * sx, prompt.point[1] * sy, prompt.label, dpr, prompt.colour);
+      }
     }
   }
 }
 
-function drawBox(context, [x0, y0, x1, y1], sx, sy, dpr, rubber) {
+/** `colour`: the box's own colour (a video object's), else yellow. */
+function drawBox(context, [x0, y0, x1, y1], sx, sy, dpr, rubber, colour) {
   context.save();
   context.lineWidth = 2 * dpr;
   context.setLineDash(rubber ? [6 * dpr, 4 * dpr] : []);
   context.strokeStyle = "rgba(0, 0, 0, 0.6)";
   context.strokeRect(x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy);
   context.lineWidth = 1.25 * dpr;
-  context.strokeStyle = "#ffd43b";
+  context.strokeStyle = colour || "#ffd43b";
   context.strokeRect(x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy);
   context.restore();
 }
 
-function drawPoint(context, x, y, label, dpr) {
+/** `ring`: the outline's colour (a video object's), else white. */
+function drawPoint(context, x, y, label, dpr, ring) {
   const r = 7 * dpr;
   context.save();
   context.beginPath();
   context.arc(x, y, r, 0, 2 * Math.PI);
   context.fillStyle = label === 1 ? "#2ecc71" : "#ff5b5b";
   context.fill();
+  context.lineWidth = (ring ? 3 : 2) * dpr;
+  context.strokeStyle = ring || "#ffffff";
+  context.stroke();
   context.lineWidth = 2 * dpr;
   context.strokeStyle = "#ffffff";
-  context.stroke();
   context.beginPath();
   context.moveTo(x - r * 0.5, y);
   context.lineTo(x + r * 0.5, y);
