@@ -9,6 +9,10 @@ same code paths a user's checkpoint takes.
   placed in a temporary Hugging Face cache exactly as `hf_hub_download` leaves
   files (blobs, snapshots, refs), so it resolves by repo id with
   `HF_HUB_OFFLINE=1`.
+- `edgetam_repo` / `hf_edgetam`: EdgeTAM's real architecture (RepViT-M1 through
+  transformers), random weights, saved as a Hugging Face repository folder
+  (config.json, model.safetensors, the processor's settings) and placed in the
+  same cache under the published repo id.
 
 Nothing here touches the network: the cache is a temporary folder and the hub
 is switched off before huggingface_hub is first imported.
@@ -159,6 +163,56 @@ def hf_tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     staging = write_checkpoint(tmp_path_factory.mktemp("staging") / TINY_FILENAME, seed=2)
     place_in_hf_cache(TINY_REPO, TINY_FILENAME, staging)
     return TINY_REPO
+
+
+EDGETAM_REPO = "yonigozlan/EdgeTAM-hf"  # the published repository's id (model card)
+
+
+@pytest.fixture(scope="session")
+def edgetam_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight EdgeTAM repository folder, as transformers saves the published one."""
+    from tests.synthetic import write_edgetam_repo
+
+    return write_edgetam_repo(tmp_path_factory.mktemp("edgetam") / "EdgeTAM-hf", seed=7)
+
+
+def place_repository_in_hf_cache(repo_id: str, folder: Path, staging: Path) -> Path:
+    """Every file of a repository folder in the cache's layout; the snapshot folder."""
+    snapshot = None
+    for path in sorted(folder.iterdir()):
+        copy = staging / path.name
+        shutil.copyfile(path, copy)
+        snapshot = place_in_hf_cache(repo_id, path.name, copy).parent
+    assert snapshot is not None
+    return snapshot
+
+
+@pytest.fixture(scope="session")
+def hf_edgetam(edgetam_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The repo id of the random-weight EdgeTAM in the temporary HF cache."""
+    place_repository_in_hf_cache(EDGETAM_REPO, edgetam_repo, tmp_path_factory.mktemp("staging"))
+    return EDGETAM_REPO
+
+
+@pytest.fixture(scope="session")
+def edgetam_engine(hf_edgetam: str):
+    """An engine serving the EdgeTAM repository by its repo id, offline."""
+    from sam2_server.config import Settings
+    from sam2_server.engine import Engine
+
+    engine = Engine(Settings(model_ids=(hf_edgetam,), device="cpu"))
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def edgetam_reference(edgetam_repo: Path):
+    """transformers' own `EdgeTamModel` and `Sam2Processor` on the same folder, as the
+    model card loads them (nothing folded, nothing cached): the parity oracle."""
+    from transformers import EdgeTamModel, Sam2Processor
+
+    model = EdgeTamModel.from_pretrained(edgetam_repo).eval()
+    return model, Sam2Processor.from_pretrained(edgetam_repo)
 
 
 @pytest.fixture(scope="session")

@@ -74,3 +74,92 @@ def write_checkpoint(
             model.state_dict()[OBJECT_SCORE_BIAS].add_(object_present_bias)
     torch.save({"model": model.state_dict()}, path)
     return path
+
+
+# -- EdgeTAM (transformers) --------------------------------------------------------------
+
+# The video object-score head's last layer, in transformers' names (see OBJECT_SCORE_BIAS).
+EDGETAM_OBJECT_SCORE_BIAS = "mask_decoder.pred_obj_score_head.proj_out.bias"
+
+
+def edgetam_config():
+    """`EdgeTamVideoConfig` built as transformers' conversion script builds the published
+    repository's (models/edgetam_video/convert_edgetam_video_to_hf.py): timm's RepViT-M1
+    through `TimmWrapperConfig` with `features_only` and `out_indices (0, 1, 2, 3)`, no
+    temporal encoding of object pointers, no occlusion embedding.
+
+    The backbone is named here, not left to the default: transformers 5.2x's
+    `EdgeTamVisionConfig` default spells the key "archirecture", so a default config
+    silently builds a ResNet-50 (the tests assert RepViT).
+    """
+    from transformers import (
+        EdgeTamVideoConfig,
+        EdgeTamVideoMaskDecoderConfig,
+        EdgeTamVideoPromptEncoderConfig,
+        EdgeTamVisionConfig,
+        TimmWrapperConfig,
+    )
+
+    backbone = TimmWrapperConfig(
+        architecture="repvit_m1",
+        model_args={"in_chans": 3, "features_only": True, "out_indices": (0, 1, 2, 3)},
+    )
+    return EdgeTamVideoConfig(
+        vision_config=EdgeTamVisionConfig(backbone_config=backbone),
+        prompt_encoder_config=EdgeTamVideoPromptEncoderConfig(),
+        mask_decoder_config=EdgeTamVideoMaskDecoderConfig(),
+        enable_temporal_pos_encoding_for_object_pointers=False,
+        enable_occlusion_spatial_embedding=False,
+    )
+
+
+def write_edgetam_repo(
+    folder: Path, seed: int = 0, object_present_bias: float | None = 10.0
+) -> Path:
+    """A Hugging Face repository folder as the published EdgeTAM's is saved: config.json
+    (model_type edgetam_video), model.safetensors with seeded random weights, and the
+    processor's settings (`Sam2VideoProcessor.save_pretrained`).
+
+    Random weights are made less trivial than the default init: the backbone's batch
+    norms get random statistics and affine parameters (so folding them is tested on
+    real arithmetic), and parameters initialised to exactly zero get small values.
+    `object_present_bias`: as for SAM2 (`write_checkpoint`), biases the video object
+    score head towards "present", which the image answers never read.
+    """
+    from transformers import (
+        EdgeTamVideoModel,
+        Sam2ImageProcessor,
+        Sam2VideoProcessor,
+        Sam2VideoVideoProcessor,
+    )
+
+    torch.manual_seed(seed)
+    model = EdgeTamVideoModel(edgetam_config()).eval()
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(shape: torch.Size, scale: float) -> torch.Tensor:
+        return torch.randn(shape, generator=generator) * scale
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                assert module.running_mean is not None
+                assert module.running_var is not None
+                module.running_mean.copy_(rand(module.running_mean.shape, 0.1))
+                module.running_var.copy_(
+                    torch.rand(module.running_var.shape, generator=generator) + 0.5
+                )
+                module.weight.copy_(1 + rand(module.weight.shape, 0.1))
+                module.bias.copy_(rand(module.bias.shape, 0.1))
+        for param in model.parameters():
+            if param.abs().sum() == 0:
+                param.copy_(rand(param.shape, 0.02))
+        if object_present_bias is not None:
+            model.state_dict()[EDGETAM_OBJECT_SCORE_BIAS].add_(object_present_bias)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor = Sam2VideoProcessor(
+        image_processor=Sam2ImageProcessor(), video_processor=Sam2VideoVideoProcessor()
+    )
+    processor.save_pretrained(folder)
+    return folder

@@ -30,9 +30,11 @@ from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 from sam2_server.api import create_app
 from sam2_server.api.admission import estimate_work_bytes
 from sam2_server.api.automatic import DECODER_BYTES_PER_POINT, automatic_work_ceiling
+from sam2_server.codecs.polygons import rasterize
 from sam2_server.config import machine_memory_bytes
 from sam2_server.engine.automatic import small_region_filter_available
 from tests.api.test_errors import assert_error
+from tests.codecs.test_polygons import assert_within_tolerance
 from tests.conftest import image_bytes
 
 WIDTH, HEIGHT = 96, 64
@@ -189,7 +191,12 @@ def test_default_parameters_are_the_librarys(client):
         for p in signature
         if p.default is not p.empty and p.name not in ("point_grids", "output_mode")
     }
-    assert defaults == {**library_defaults, "model_id": "", "mask_format": "rle"}
+    assert defaults == {
+        **library_defaults,
+        "model_id": "",
+        "mask_format": "rle",
+        "polygon_epsilon": 0.0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -360,3 +367,41 @@ def test_typed_in_openapi_and_labelled_in_metrics(client, uploaded):
     client.post(f"/v1/images/{uploaded}/automatic-masks", json={"points_per_side": 0})
     metrics = client.get("/metrics").text
     assert 'route="/v1/images/{id}/automatic-masks",status="400"' in metrics
+
+
+def test_polygon_masks_draw_back_to_the_rle_masks(client, uploaded, library):
+    params = {"points_per_side": 2, **RELAXED}
+    want = library(**params)
+    exact = automatic(client, uploaded, **params, mask_format="polygon")["masks"]
+    simple = automatic(client, uploaded, **params, mask_format="polygon", polygon_epsilon=1.5)
+    assert len(exact) == len(want) == len(simple["masks"]) == 12
+    for got, simplified, expected in zip(exact, simple["masks"], want, strict=True):
+        segmentation = got["segmentation"]
+        assert list(segmentation) == ["size", "polygons"]
+        assert segmentation["size"] == [HEIGHT, WIDTH]
+        rle = {**expected["segmentation"], "counts": expected["segmentation"]["counts"].encode()}
+        mask = coco_mask.decode(rle)
+        np.testing.assert_array_equal(rasterize(segmentation["polygons"], HEIGHT, WIDTH), mask)
+        assert {**got, "segmentation": None} == {**expected, "segmentation": None}
+        drawn = rasterize(simplified["segmentation"]["polygons"], HEIGHT, WIDTH)
+        assert_within_tolerance(drawn, mask, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"mask_format": "polygon", "polygon_epsilon": -1}, "between 0 and 1000"),
+        ({"mask_format": "polygon", "polygon_epsilon": 1e12}, "between 0 and 1000"),
+        ({"polygon_epsilon": 3}, 'needs mask_format "polygon"'),
+        ({"mask_format": "png", "polygon_epsilon": 0.1}, 'needs mask_format "polygon"'),
+    ],
+)
+def test_a_bad_polygon_epsilon_is_400_naming_it(client, uploaded, body, fragment):
+    response = client.post(f"/v1/images/{uploaded}/automatic-masks", json=body)
+    assert_error(response, 400, "polygon_epsilon", fragment)
+    nan = client.post(
+        f"/v1/images/{uploaded}/automatic-masks",
+        content=b'{"mask_format": "polygon", "polygon_epsilon": NaN}',
+        headers={"content-type": "application/json"},
+    )
+    assert_error(nan, 400, "polygon_epsilon")

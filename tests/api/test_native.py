@@ -21,8 +21,10 @@ from pycocotools import mask as coco_mask
 
 from sam2_server.api import create_app
 from sam2_server.codecs.native import pack_array, unpack_array
+from sam2_server.codecs.polygons import rasterize
 from tests.api.test_errors import assert_error
 from tests.api.test_parity import BOX, BOXES, IMAGE, LABELS, POINTS, reference_answer
+from tests.codecs.test_polygons import assert_within_tolerance
 from tests.conftest import image_bytes
 
 DATA = image_bytes(IMAGE)
@@ -263,8 +265,16 @@ def test_native_routes_are_typed_in_openapi(client):
         "normalize_coords",
         "return_logits",
         "mask_format",
+        "polygon_epsilon",
     }
+    request = components["SegmentRequest"]["properties"]
+    assert request["mask_format"]["enum"] == ["rle", "png", "polygon"]
+    assert (request["polygon_epsilon"]["minimum"], request["polygon_epsilon"]["maximum"]) == (
+        0,
+        1000.0,
+    )
     assert "PackedArray" in components
+    assert "PolygonMask" in components
 
 
 def test_packed_arrays_round_trip_exactly():
@@ -274,3 +284,112 @@ def test_packed_arrays_round_trip_exactly():
     assert packed["shape"] == [2, 3, 4]
     assert len(base64.b64decode(packed["data"])) == array.nbytes
     np.testing.assert_array_equal(unpack_array(json.loads(json.dumps(packed))), array)
+
+
+# -- mask_format "polygon" ---------------------------------------------------------------
+
+
+def polygons_to_masks(masks) -> np.ndarray:
+    """Nested polygon masks ({size, polygons}) drawn back to a bool array."""
+    if isinstance(masks, dict):
+        assert list(masks) == ["size", "polygons"]
+        return rasterize(masks["polygons"], *masks["size"]).astype(bool)
+    return np.stack([polygons_to_masks(m) for m in masks])
+
+
+@pytest.mark.parametrize("name", ["points", "several_boxes_with_points", "single_mask"])
+def test_polygon_masks_rasterize_to_the_rle_masks(client, uploaded, name):
+    body = CASES[name]
+    rle = segment(client, uploaded, **body, mask_format="rle")
+    polygon = segment(client, uploaded, **body, mask_format="polygon")
+    want = decode_masks(rle["masks"], "rle")
+    assert want.any()
+    np.testing.assert_array_equal(polygons_to_masks(polygon["masks"]), want)
+    first = polygon["masks"][0] if want.ndim == 3 else polygon["masks"][0][0]
+    assert first["size"] == [534, 800]
+    assert {k: v for k, v in polygon.items() if k != "masks"} == {
+        k: v for k, v in rle.items() if k != "masks"
+    }
+
+
+@pytest.mark.parametrize("epsilon", [2.0, 1000])
+def test_simplified_polygons_stay_within_epsilon_of_the_mask(client, uploaded, epsilon):
+    body = {"points": POINTS, "labels": LABELS, "return_logits": False}
+    exact = segment(client, uploaded, **body, mask_format="polygon")
+    simple = segment(client, uploaded, **body, mask_format="polygon", polygon_epsilon=epsilon)
+    assert_within_tolerance(
+        polygons_to_masks(simple["masks"]), polygons_to_masks(exact["masks"]), epsilon
+    )
+
+    def points(masks) -> int:
+        return sum(len(ring) for m in masks for rings in m["polygons"] for ring in rings)
+
+    assert points(simple["masks"]) < points(exact["masks"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"mask_format": "polygon", "polygon_epsilon": -1},
+        {"mask_format": "polygon", "polygon_epsilon": 1000.5},
+        {"mask_format": "polygon", "polygon_epsilon": 1e300},
+        {"mask_format": "rle", "polygon_epsilon": 2},
+        {"polygon_epsilon": 0.5},
+        {"mask_format": "png", "polygon_epsilon": 2},
+    ],
+)
+def test_a_bad_polygon_epsilon_is_400_naming_it(client, uploaded, body):
+    response = client.post(f"/v1/images/{uploaded}/segment", json={"box": BOX, **body})
+    assert_error(response, 400, "polygon_epsilon")
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_polygon_epsilon_is_400_naming_it(client, uploaded, text):
+    response = client.post(
+        f"/v1/images/{uploaded}/segment",
+        content=f'{{"box": [10, 10, 200, 200], "mask_format": "polygon", '
+        f'"polygon_epsilon": {text}}}'.encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert_error(response, 400, "polygon_epsilon")
+    assert (
+        client.post(
+            f"/v1/images/{uploaded}/segment",
+            json={"box": BOX, "mask_format": "polygon", "polygon_epsilon": "wide"},
+        ).status_code
+        == 422
+    )
+
+
+def test_livepeer_route_answers_polygons_and_keeps_its_own_answer_without_mask_format(
+    client, uploaded
+):
+    form = {"point_coords": json.dumps(POINTS), "point_labels": json.dumps(LABELS)}
+    files = {"image": (IMAGE, DATA, "image/jpeg")}
+
+    def livepeer(**extra):
+        return client.post("/segment-anything-2", data={**form, **extra}, files=files)
+
+    native = segment(client, uploaded, points=POINTS, labels=LABELS, mask_format="polygon")
+    rle = segment(client, uploaded, points=POINTS, labels=LABELS, mask_format="rle")
+    answer = livepeer(mask_format="polygon")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == native
+    np.testing.assert_array_equal(
+        polygons_to_masks(answer.json()["masks"]), decode_masks(rle["masks"], "rle")
+    )
+    simple = segment(
+        client, uploaded, points=POINTS, labels=LABELS, mask_format="polygon", polygon_epsilon=2
+    )
+    assert livepeer(mask_format="polygon", polygon_epsilon="2").json() == simple
+    # Livepeer's answer, whatever polygon_epsilon says, when mask_format is absent or empty.
+    small = {"multimask_output": "false", "return_logits": "false"}
+    plain = livepeer(**small)
+    assert plain.status_code == 200
+    assert set(plain.json()) == {"masks", "scores", "logits"}
+    assert livepeer(**small, polygon_epsilon="2").content == plain.content
+    assert livepeer(**small, mask_format="", polygon_epsilon="nan").content == plain.content
+    for value in ("-1", "nan", "inf", "5000"):
+        assert_error(livepeer(mask_format="polygon", polygon_epsilon=value), 400, "polygon_epsilon")
+    assert_error(livepeer(mask_format="rle", polygon_epsilon="2"), 400, "polygon_epsilon")
+    assert livepeer(mask_format="polygon", polygon_epsilon="wide").status_code == 422

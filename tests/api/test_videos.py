@@ -23,8 +23,10 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from sam2_server.api.errors import headers_of, status_of
+from sam2_server.codecs.polygons import rasterize
 from sam2_server.domain import FrameMasks
 from tests.clips import rotate_mp4, write_mp4
+from tests.codecs.test_polygons import assert_within_tolerance
 from tests.conftest import VIDEO_FRAMES
 from tests.video_reference import BOX, POINTS
 
@@ -350,3 +352,65 @@ def test_stats_and_metrics_count_sessions(video_client: TestClient, video: str) 
     logged = video_client.get(f"{VIDEOS}/{video}")
     assert logged.status_code == 200
     assert 'route="/v1/videos/{id}"' in video_client.get("/metrics").text
+
+
+# -- mask_format "polygon" ---------------------------------------------------------------
+
+
+def _polygon_frame(answer: dict) -> FrameMasks:
+    """A frame whose masks are {size, polygons}, drawn back."""
+    ids = tuple(o["object_id"] for o in answer["objects"])
+    masks = []
+    for item in answer["objects"]:
+        assert list(item["mask"]) == ["size", "polygons"]
+        assert item["mask"]["size"] == [540, 960]
+        masks.append(rasterize(item["mask"]["polygons"], *item["mask"]["size"]).astype(bool))
+    return FrameMasks(answer["frame_index"], ids, np.stack(masks))
+
+
+def test_polygon_masks_draw_back_to_the_librarys(
+    video_client: TestClient, video: str, video_reference: dict[str, list[FrameMasks]]
+) -> None:
+    """The oracle's session (the RLE answers equal it, above), answered as polygons."""
+    prompts = video_client.post(
+        f"{VIDEOS}/{video}/prompts",
+        json={"frame_index": 0, "object_id": 1, "points": POINTS.tolist(), "labels": [1, 0]}
+        | {"mask_format": "polygon"},
+    )
+    assert prompts.status_code == 200, prompts.text
+    second = video_client.post(
+        f"{VIDEOS}/{video}/prompts",
+        json={"frame_index": 3, "object_id": 2, "box": BOX.tolist(), "mask_format": "polygon"},
+    ).json()
+    _equal([_polygon_frame(prompts.json()), _polygon_frame(second)], video_reference["prompts"])
+    forward = _stream(video_client, video, mask_format="polygon")
+    _equal([_polygon_frame(line) for line in forward], video_reference["forward"])
+    simple = _stream(video_client, video, max_frames=1, mask_format="polygon", polygon_epsilon=2)
+    assert [line["frame_index"] for line in simple] == [0, 1]
+    for line, exact in zip(simple, forward, strict=False):
+        assert_within_tolerance(_polygon_frame(line).masks, _polygon_frame(exact).masks, 2)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"mask_format": "polygon", "polygon_epsilon": -0.5},
+        {"mask_format": "polygon", "polygon_epsilon": 1e9},
+        {"mask_format": "rle", "polygon_epsilon": 1},
+    ],
+)
+def test_a_bad_polygon_epsilon_is_400_naming_it(
+    video_client: TestClient, video: str, extra: dict
+) -> None:
+    body = {"frame_index": 0, "object_id": 1, "box": [0, 0, 9, 9], **extra}
+    for path, sent in (("prompts", body), ("propagate", extra)):
+        response = video_client.post(f"{VIDEOS}/{video}/{path}", json=sent)
+        assert response.status_code == 400, response.text
+        assert "polygon_epsilon" in response.json()["detail"]["msg"]
+    nan = video_client.post(
+        f"{VIDEOS}/{video}/propagate",
+        content=b'{"mask_format": "polygon", "polygon_epsilon": NaN}',
+        headers={"content-type": "application/json"},
+    )
+    assert nan.status_code == 400
+    assert "polygon_epsilon" in nan.json()["detail"]["msg"]

@@ -1,4 +1,5 @@
-"""The automatic-masks codec: exactly the library's COCO RLE, PNG of the same mask, exact floats."""
+"""The automatic-masks codec: exactly the library's COCO RLE, PNG or polygons of the same
+mask, exact floats."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sam2_server.codecs.automatic import (
     estimate_answer_bytes,
     rle_to_mask,
 )
+from sam2_server.codecs.polygons import rasterize
 from sam2_server.domain import MaskRecord
 
 masks = arrays(np.bool_, st.tuples(st.integers(1, 12), st.integers(1, 12)))
@@ -65,7 +67,7 @@ def test_answer_carries_the_records_exactly():
     rng = np.random.default_rng(0)
     mask = rng.random((5, 7)) > 0.5
     records = [record(mask), record(~mask)]
-    for mask_format in ("rle", "png"):
+    for mask_format in ("rle", "png", "polygon"):
         answer = orjson.loads(
             automatic_answer(
                 records, image_id="ab", model_id="m", width=7, height=5, mask_format=mask_format
@@ -93,6 +95,11 @@ def test_answer_carries_the_records_exactly():
             assert all(type(n) is int for n in got["bbox"])
             if mask_format == "rle":
                 assert got["segmentation"] == coco_encode_rle(want.segmentation)
+            elif mask_format == "polygon":
+                polygons = got["segmentation"]
+                assert polygons["size"] == [5, 7]
+                drawn = rasterize(polygons["polygons"], *polygons["size"])
+                np.testing.assert_array_equal(drawn, pixels)
             else:
                 png = Image.open(io.BytesIO(base64.b64decode(got["segmentation"])))
                 np.testing.assert_array_equal(np.array(png) == 255, pixels)
@@ -106,10 +113,10 @@ def answer_bytes(records: list[MaskRecord], mask_format: str) -> int:
 
 
 @settings(max_examples=100, deadline=None)
-@given(masks, st.sampled_from(["rle", "png"]))
+@given(masks, st.sampled_from(["rle", "png", "polygon"]))
 def test_size_estimate_bounds_small_masks(mask, mask_format):
     records = [record(mask)]
-    assert answer_bytes(records, mask_format) <= estimate_answer_bytes(records)
+    assert answer_bytes(records, mask_format) <= estimate_answer_bytes(records, mask_format)
 
 
 def test_size_estimate_bounds_large_noisy_and_smooth_masks():
@@ -120,6 +127,23 @@ def test_size_estimate_bounds_large_noisy_and_smooth_masks():
     stripes = np.zeros((300, 400), bool)
     stripes[::2] = True
     for mask in (noisy, smooth, stripes, ~smooth):
-        for mask_format in ("rle", "png"):
+        for mask_format in ("rle", "png", "polygon"):
             records = [record(mask)] * 3
-            assert answer_bytes(records, mask_format) <= estimate_answer_bytes(records)
+            assert answer_bytes(records, mask_format) <= estimate_answer_bytes(records, mask_format)
+
+
+def test_polygon_size_estimate_bounds_the_worst_masks_at_large_coordinates():
+    """Checkerboards and two-pixel holes (about 3 vertices per run, the most found),
+    placed where points have nine digits, the most a 40-megapixel image has."""
+    y, x = np.mgrid[:40, :40]
+    tiles = [
+        (x + y) % 2 == 0,
+        ~((x % 3 == 1) & (y % 3 != 0)),
+        np.tile([[0, 1, 1], [0, 1, 1], [1, 1, 0], [1, 1, 0]], (10, 14))[:40, :40] == 1,
+    ]
+    for tile in tiles:
+        mask = np.zeros((1040, 10040), bool)
+        mask[1000:, 10000:] = tile
+        records = [record(mask)]
+        estimate = estimate_answer_bytes(records, "polygon")
+        assert answer_bytes(records, "polygon") <= estimate

@@ -24,7 +24,16 @@ from pydantic import BaseModel, Field, create_model, field_validator
 
 from sam2_server.api.admission import Admission, Ticket, estimate_work_bytes
 from sam2_server.api.deps import SegmenterDep, bearer_scheme
-from sam2_server.api.native_fields import ImageId, ready_image, start_by_id
+from sam2_server.api.native_fields import (
+    MASK_FORMAT_DESCRIPTION,
+    POLYGON_EPSILON_DESCRIPTION,
+    POLYGON_EPSILON_SCHEMA,
+    ImageId,
+    PolygonMask,
+    check_polygon_epsilon,
+    ready_image,
+    start_by_id,
+)
 from sam2_server.api.paths import IMAGES_PATH
 from sam2_server.api.pipeline import run_admitted
 from sam2_server.api.responses import serialise
@@ -54,8 +63,11 @@ class _RequestFields(RequestBody):
     """SAM2AutomaticMaskGenerator's parameters, with the library's defaults."""
 
     model_id: str = Field("", description="Empty: the server's default model.")
-    mask_format: Literal["rle", "png"] = Field(
-        "rle", description="`rle`: COCO RLE {size, counts}; `png`: base64 grayscale PNG."
+    mask_format: Literal["rle", "png", "polygon"] = Field(
+        "rle", description=MASK_FORMAT_DESCRIPTION
+    )
+    polygon_epsilon: float = Field(
+        0.0, description=POLYGON_EPSILON_DESCRIPTION, json_schema_extra=POLYGON_EPSILON_SCHEMA
     )
 
     @field_validator("model_id", mode="before")
@@ -96,8 +108,10 @@ class CocoRle(BaseModel):
 class AutomaticMask(BaseModel):
     """One record of `SAM2AutomaticMaskGenerator.generate()`."""
 
-    segmentation: CocoRle | str = Field(
-        ..., description="COCO RLE (mask_format rle) or a base64 grayscale PNG (png)."
+    segmentation: CocoRle | str | PolygonMask = Field(
+        ...,
+        description="COCO RLE (mask_format rle), a base64 grayscale PNG (png), or "
+        "{size, polygons} (polygon).",
     )
     area: int = Field(..., description="Pixels in the mask.")
     bbox: list[float] = Field(..., description="Box around the mask, XYWH.")
@@ -143,6 +157,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
     ) -> Response:
         record, model = start_by_id(request, segmenter, body.model_id, image_id)
         params = automatic_params(body, settings)
+        epsilon = check_polygon_epsilon(body.polygon_epsilon, body.mask_format)
         info = await ready_image(segmenter, model, image_id)
         record.details.update(
             width=info.width,
@@ -162,7 +177,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
         _check_work(params, info.height, info.width, cost, work_ceiling)
         (found, records), ticket = await run_admitted(request, admission, cost, timings, work)
         record.details["masks"] = len(records)
-        _check_answer_size(records, settings.max_response_bytes, ticket)
+        _check_answer_size(records, body.mask_format, settings.max_response_bytes, ticket)
         return await serialise(
             record,
             ticket,
@@ -174,6 +189,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
                 width=found.width,
                 height=found.height,
                 mask_format=body.mask_format,
+                polygon_epsilon=epsilon,
                 warnings=warnings,
             ),
         )
@@ -183,7 +199,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
 
 def automatic_params(body: AutomaticMasksRequest, settings: Settings) -> AutomaticParams:
     """The body's parameters, or a 400 naming the first one out of its range or bound."""
-    fields = body.model_dump(exclude={"model_id", "mask_format"})
+    fields = body.model_dump(exclude={"model_id", "mask_format", "polygon_epsilon"})
     limits = AutomaticLimits(
         max_points_per_side=settings.max_points_per_side,
         max_points_per_batch=settings.max_points_per_batch,
@@ -258,15 +274,18 @@ def _check_work(params: AutomaticParams, height: int, width: int, cost: int, cei
     )
 
 
-def _check_answer_size(records: list[MaskRecord], limit: int, ticket: Ticket) -> None:
+def _check_answer_size(
+    records: list[MaskRecord], mask_format: str, limit: int, ticket: Ticket
+) -> None:
     """Refuse an answer too large to send. Its size is known only after the work (how
     many masks pass the thresholds, how ragged they are), so say what to change."""
-    estimate = estimate_answer_bytes(records)
+    estimate = estimate_answer_bytes(records, mask_format)
     if estimate <= limit:
         return
     ticket.release()
+    smaller = ", or mask_format rle" if mask_format == "polygon" else ""
     raise bad_request(
         f"The answer would hold {len(records)} masks, about {estimate / 2**20:.1f} MiB, over "
         f"this server's limit of {limit / 2**20:.1f} MiB (MAX_RESPONSE_BYTES); raise "
-        "pred_iou_thresh or stability_score_thresh, or lower points_per_side."
+        f"pred_iou_thresh or stability_score_thresh, or lower points_per_side{smaller}."
     )

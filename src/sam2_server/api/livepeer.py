@@ -23,7 +23,11 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from sam2_server.api.admission import Admission, estimate_work_bytes
 from sam2_server.api.deps import bearer_scheme, get_segmenter
-from sam2_server.api.native_fields import segment_answer
+from sam2_server.api.native_fields import (
+    POLYGON_EPSILON_SCHEMA,
+    check_polygon_epsilon,
+    segment_answer,
+)
 from sam2_server.api.observe import RequestRecord
 from sam2_server.api.paths import SEGMENT_PATH
 from sam2_server.api.pipeline import (
@@ -151,10 +155,22 @@ def build_livepeer_router(settings: Settings, admission: Admission) -> APIRouter
             str,
             Form(
                 description=(
-                    "Not in Livepeer's API: `rle` or `png` answers with the native API's "
-                    "segment answer (binary masks in that format, scores, packed low-res "
-                    "logits) instead of nested-list strings. Absent or empty: no change."
+                    "Not in Livepeer's API: `rle`, `png` or `polygon` answers with the native "
+                    "API's segment answer (binary masks in that format, scores, packed "
+                    "low-res logits) instead of nested-list strings. Absent or empty: no "
+                    "change."
                 )
+            ),
+        ] = None,  # type: ignore[assignment]
+        polygon_epsilon: Annotated[
+            float,
+            Form(
+                description=(
+                    "Not in Livepeer's API: with mask_format `polygon`, simplify every ring "
+                    "to within this many pixels (0: exact), as on the native API. Read "
+                    "only with mask_format."
+                ),
+                json_schema_extra=POLYGON_EPSILON_SCHEMA,
             ),
         ] = None,  # type: ignore[assignment]
         segmenter: Segmenter = Depends(get_segmenter),
@@ -164,6 +180,10 @@ def build_livepeer_router(settings: Settings, admission: Admission) -> APIRouter
         # model_id, array fields, then the image and inference.
         record, model = start_request(request, segmenter, model_id)
         native_format = _native_format(mask_format)
+        # Without mask_format the answer is Livepeer's, whatever else is sent.
+        epsilon = (
+            0.0 if native_format is None else check_polygon_epsilon(polygon_epsilon, native_format)
+        )
         fields = [point_coords, point_labels, box, mask_input]
         texts = [
             await _field_text(value, name, max_field_bytes)
@@ -211,7 +231,13 @@ def build_livepeer_router(settings: Settings, admission: Admission) -> APIRouter
         if native_format is not None:
             named = ImageInfo(image_id, model, width, height, cached=False)
             return await segment_answer(
-                record, ticket, prediction, named, native_format, return_logits=True
+                record,
+                ticket,
+                prediction,
+                named,
+                native_format,
+                return_logits=True,
+                polygon_epsilon=epsilon,
             )
         if answer_bytes <= STREAM_ABOVE_BYTES:
             return await serialise(record, ticket, partial(encode_livepeer, prediction))
@@ -241,7 +267,7 @@ async def _field_text(value: str | UploadFile | None, name: str, limit: int) -> 
 
 
 def _native_format(value: str | None) -> str | None:
-    """`mask_format` on the Livepeer route: None (Livepeer's answer), or rle / png."""
+    """`mask_format` on the Livepeer route: None (Livepeer's answer), or one of MASK_FORMATS."""
     if value is None or value.strip() == "":
         return None
     if value not in MASK_FORMATS:

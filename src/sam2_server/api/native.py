@@ -3,7 +3,7 @@
 `POST /v1/images` encodes an upload (the expensive part, ~95% of a click)
 and names it by the SHA-256 of its bytes; `POST /v1/images/{id}/segment`
 then costs only the prompt decoder, and its answer is binary masks as COCO
-RLE or PNG plus packed low-res logits: a few kilobytes instead of the
+RLE, PNG or polygons plus packed low-res logits: a few kilobytes instead of the
 Livepeer route's tens of megabytes of JSON text. Names follow
 `../shared/contract/native-api.md`; auth, limits, admission and the error
 shape are those of the Livepeer route (see `pipeline.py`).
@@ -22,9 +22,13 @@ from pydantic import BaseModel, Field, field_validator
 from sam2_server.api.admission import Admission, estimate_work_bytes
 from sam2_server.api.deps import SegmenterDep, bearer_scheme
 from sam2_server.api.native_fields import (
+    MASK_FORMAT_DESCRIPTION,
+    POLYGON_EPSILON_DESCRIPTION,
+    POLYGON_EPSILON_SCHEMA,
     ImageId,
     cached_image,
     check_image_id,
+    check_polygon_epsilon,
     image_fields,
     in_native_names,
     json_array,
@@ -81,7 +85,12 @@ class SegmentRequest(RequestBody):
     multimask_output: bool = True
     normalize_coords: bool = True
     return_logits: bool = Field(True, description="Include the low-res logits (packed).")
-    mask_format: Literal["rle", "png"] = "rle"
+    mask_format: Literal["rle", "png", "polygon"] = Field(
+        "rle", description=MASK_FORMAT_DESCRIPTION
+    )
+    polygon_epsilon: float = Field(
+        0.0, description=POLYGON_EPSILON_DESCRIPTION, json_schema_extra=POLYGON_EPSILON_SCHEMA
+    )
 
     @field_validator("model_id", mode="before")
     @classmethod
@@ -98,7 +107,8 @@ class SegmentResponse(BaseModel):
     height: int
     masks: list[Any] = Field(
         ...,
-        description="C masks (or B lists of C): COCO RLE {size, counts} or base64 PNG strings.",
+        description="C masks (or B lists of C), in mask_format: COCO RLE {size, counts}, "
+        "base64 PNG strings, or {size, polygons} (see PolygonMask).",
     )
     scores: list[Any] = Field(..., description="C (or BxC) predicted IoU scores.")
     logits: PackedArray | None = Field(
@@ -172,6 +182,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
     ) -> Response:
         record, model = start_by_id(request, segmenter, body.model_id, image_id)
         prompt = await run_in_threadpool(_prompt, body, limits)
+        epsilon = check_polygon_epsilon(body.polygon_epsilon, body.mask_format)
         info = await ready_image(segmenter, model, image_id)
         candidates = 3 if prompt.multimask_output else 1
         objects = prompt.num_objects
@@ -187,7 +198,13 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         cost = estimate_work_bytes(objects, candidates, info.height, info.width)
         (found, prediction), ticket = await run_admitted(request, admission, cost, timings, work)
         return await segment_answer(
-            record, ticket, prediction, found, body.mask_format, return_logits=body.return_logits
+            record,
+            ticket,
+            prediction,
+            found,
+            body.mask_format,
+            return_logits=body.return_logits,
+            polygon_epsilon=epsilon,
         )
 
     return router

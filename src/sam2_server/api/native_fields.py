@@ -1,16 +1,20 @@
 """What the native surfaces (images, automatic masks, videos) share: the image id
 checked and looked up, JSON arrays, the prompt checks' messages in native names,
-and the segment answer (which the Livepeer route also gives on request).
+the polygon mask's shape and its `polygon_epsilon`, and the segment answer
+(which the Livepeer route also gives on request).
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Annotated, Any
 
 from fastapi import Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from pydantic.config import JsonDict
 
 from sam2_server.api.admission import Ticket
 from sam2_server.api.observe import RequestRecord
@@ -26,6 +30,45 @@ from sam2_server.prompts import array_from_json
 _NATIVE_NAMES = (("point_coords", "points"), ("point_labels", "labels"))
 
 ImageId = Annotated[str, Path(description="SHA-256 (hex) of the image's bytes.")]
+
+# Beyond a few hundred pixels every ring is already down to its fewest points;
+# the bound only turns a typo (1e9, -1, NaN) into a 400 naming the field.
+MAX_POLYGON_EPSILON = 1000.0
+
+MASK_FORMAT_DESCRIPTION = (
+    "`rle`: COCO RLE {size, counts} (pycocotools); `png`: a base64 grayscale PNG, 255 inside; "
+    "`polygon`: {size, polygons}, one polygon per 8-connected region, each a list of rings "
+    "(the outer boundary, then one per hole), each ring a list of [x, y] at the centres of "
+    "the region's border pixels. A region inside a hole is a polygon of its own."
+)
+POLYGON_EPSILON_DESCRIPTION = (
+    "With mask_format `polygon`: simplify every ring (Douglas-Peucker, keeping some of its "
+    "points) to within this many pixels; 0 (default) is exact: the rings rasterize back to "
+    f"the mask pixel for pixel. Between 0 and {MAX_POLYGON_EPSILON:g}; another mask_format "
+    "takes only 0."
+)
+# The schema states the bound; the check below answers a 400 naming the field.
+POLYGON_EPSILON_SCHEMA: JsonDict = {"minimum": 0, "maximum": MAX_POLYGON_EPSILON}
+
+
+class PolygonMask(BaseModel):
+    """A binary mask as polygons (mask_format `polygon`).
+
+    Each ring runs through the centres of border pixels (pixel (x, y) spans x-0.5..x+0.5);
+    it is not closed (the last point is not the first again) and may be a single point
+    (a one-pixel region) or a line. Exact rings come in OpenCV's order: outer rings
+    counterclockwise as the image is shown (y down), holes clockwise. To draw the mask
+    back: for each polygon, largest outer ring first, fill the outer ring with its edges
+    (`cv2.fillPoly` + `cv2.polylines`), clear each hole's inside, then draw the hole's
+    ring (its pixels are the mask's); `sam2_server.codecs.polygons.rasterize` does this.
+    """
+
+    size: list[int] = Field(..., description="[height, width], as in COCO RLE.")
+    polygons: list[list[list[list[int]]]] = Field(
+        ...,
+        description="One per 8-connected region: [outer ring, hole ring, ...], "
+        "each ring [[x, y], ...] in pixels.",
+    )
 
 
 def start_by_id(
@@ -70,6 +113,23 @@ def in_native_names(error: ServiceError) -> ServiceError:
     return bad_request(message)
 
 
+def check_polygon_epsilon(value: float | None, mask_format: str) -> float:
+    """`polygon_epsilon` checked: a finite number of pixels in its bound, and nonzero only
+    with polygons (another format would ignore it silently); a 400 naming it otherwise."""
+    epsilon = 0.0 if value is None else value
+    if not math.isfinite(epsilon) or not 0 <= epsilon <= MAX_POLYGON_EPSILON:
+        raise bad_request(
+            f"polygon_epsilon must be a number of pixels between 0 and "
+            f"{MAX_POLYGON_EPSILON:g}; got {epsilon!r}."
+        )
+    if epsilon and mask_format != "polygon":
+        raise bad_request(
+            f'polygon_epsilon simplifies polygons: it needs mask_format "polygon", not '
+            f"{mask_format!r}."
+        )
+    return float(epsilon)
+
+
 def json_array(value: list[Any] | None, name: str) -> Any:
     """An empty list means "not given", as an empty form field does on the Livepeer route."""
     return array_from_json(value, name) if value else None
@@ -93,6 +153,7 @@ async def segment_answer(
     mask_format: str,
     *,
     return_logits: bool,
+    polygon_epsilon: float = 0.0,
 ) -> Response:
     """The native segment answer (binary masks, scores, packed logits) on `image`, as
     both the native route and the Livepeer route's `mask_format` write it."""
@@ -105,5 +166,6 @@ async def segment_answer(
         height=image.height,
         mask_format=mask_format,
         return_logits=return_logits,
+        polygon_epsilon=polygon_epsilon,
     )
     return await serialise(record, ticket, encode)

@@ -11,6 +11,7 @@ from __future__ import annotations
 SEGMENT_PATH = "/segment-anything-2"  # Livepeer's route
 IMAGES_PATH = "/v1/images"  # the native API's images, automatic masks under them
 VIDEOS_PATH = "/v1/videos"  # video sessions
+MODELS_PATH = "/v1/models"  # the served models, their families and what each does
 OPS_PATHS = ("/stats", "/metrics")
 HARDWARE_PATHS = ("/hardware/info", "/hardware/stats")  # Livepeer's runner's
 WEB_PREFIX = "/web"  # the page's assets; the page itself is "/"
@@ -23,4 +24,13 @@ ROBOFLOW_PATH = "/sam2"  # Roboflow inference's /sam2/embed_image and /sam2/segm
 CVAT_PATHS = ("/api/functions", "/api/function_invocations")
 TOOL_PREFIXES = (LABEL_STUDIO_PATH, XANYLABELING_PATH, ROBOFLOW_PATH, *CVAT_PATHS)
 # Whole paths the metrics name as themselves (the rest: by their prefix).
-ROUTES = (SEGMENT_PATH, "/health", "/version", *OPS_PATHS, "/openapi.json", "/docs", "/")
+ROUTES = (
+    SEGMENT_PATH,
+    "/health",
+    "/version",
+    *OPS_PATHS,
+    MODELS_PATH,
+    "/openapi.json",
+    "/docs",
+    "/",
+)

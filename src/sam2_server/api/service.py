@@ -92,6 +92,13 @@ class Segmenter(Protocol):
         """Models that cannot be served now, with a one-line reason each."""
         ...
 
+    def describe_models(self) -> list[dict[str, Any]]:
+        """Each served model, in MODEL_ID's order, for GET /v1/models: `id`, `default`,
+        `family` ("sam2", "edgetam"; null when its files cannot be read), `input_size`
+        (pixels per side, or null), `state` (the registry's), `loaded`, `video`,
+        `automatic_masks` (booleans) and `error` (a one-line reason, or null)."""
+        ...
+
     def image_size(self, image: bytes | BinaryIO) -> tuple[int, int]:
         """(width, height) from the image header, without decoding pixels; 400 if unreadable.
 

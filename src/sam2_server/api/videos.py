@@ -26,7 +26,14 @@ from pydantic import BaseModel, Field, field_validator
 from sam2_server.api.admission import Admission, Ticket
 from sam2_server.api.deps import SegmenterDep, bearer_scheme
 from sam2_server.api.errors import message_of, status_of
-from sam2_server.api.native_fields import in_native_names, json_array
+from sam2_server.api.native_fields import (
+    MASK_FORMAT_DESCRIPTION,
+    POLYGON_EPSILON_DESCRIPTION,
+    POLYGON_EPSILON_SCHEMA,
+    check_polygon_epsilon,
+    in_native_names,
+    json_array,
+)
 from sam2_server.api.paths import VIDEOS_PATH
 from sam2_server.api.pipeline import (
     request_record,
@@ -65,7 +72,11 @@ class VideoResponse(BaseModel):
 
 class ObjectMask(BaseModel):
     object_id: int
-    mask: Any = Field(..., description="COCO RLE {size, counts} or a base64 PNG string.")
+    mask: Any = Field(
+        ...,
+        description="In mask_format: COCO RLE {size, counts}, a base64 PNG string, or "
+        "{size, polygons} (see PolygonMask).",
+    )
 
 
 class FrameResponse(BaseModel):
@@ -87,7 +98,12 @@ class VideoPromptRequest(RequestBody):
         True, description="False: add to this object's earlier points on this frame."
     )
     normalize_coords: bool = True
-    mask_format: Literal["rle", "png"] = "rle"
+    mask_format: Literal["rle", "png", "polygon"] = Field(
+        "rle", description=MASK_FORMAT_DESCRIPTION
+    )
+    polygon_epsilon: float = Field(
+        0.0, description=POLYGON_EPSILON_DESCRIPTION, json_schema_extra=POLYGON_EPSILON_SCHEMA
+    )
 
 
 class PropagateRequest(RequestBody):
@@ -98,7 +114,12 @@ class PropagateRequest(RequestBody):
         None, ge=0, description="Frames to track after the start one; null: to the end."
     )
     reverse: bool = False
-    mask_format: Literal["rle", "png"] = "rle"
+    mask_format: Literal["rle", "png", "polygon"] = Field(
+        "rle", description=MASK_FORMAT_DESCRIPTION
+    )
+    polygon_epsilon: float = Field(
+        0.0, description=POLYGON_EPSILON_DESCRIPTION, json_schema_extra=POLYGON_EPSILON_SCHEMA
+    )
 
     @field_validator("mask_format", mode="before")
     @classmethod
@@ -176,13 +197,14 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
         request: Request, segmenter: SegmenterDep, video_id: VideoId, body: VideoPromptRequest
     ) -> Response:
         prompt = _video_prompt(body, limits)
+        epsilon = check_polygon_epsilon(body.polygon_epsilon, body.mask_format)
         info = segmenter.videos.get(video_id)
         objects = len(info.objects) + 1
         cost = 64 * MIB + objects * info.width * info.height * 6
 
         def work(_cancelled: Callable[[], bool]) -> bytes:
             frame = segmenter.videos.prompt(video_id, prompt)
-            return frame_answer(frame, body.mask_format)
+            return frame_answer(frame, body.mask_format, epsilon)
 
         answer, ticket = await run_admitted(request, admission, cost, Timings(), work)
         ticket.release()
@@ -206,6 +228,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
         request: Request, segmenter: SegmenterDep, video_id: VideoId, body: PropagateRequest
     ) -> Response:
         record = request_record(request)
+        epsilon = check_polygon_epsilon(body.polygon_epsilon, body.mask_format)
         info = segmenter.videos.get(video_id)
         cost = 64 * MIB + max(len(info.objects), 1) * info.width * info.height * 6
         ticket = await admission.acquire(cost)
@@ -230,7 +253,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
                     if frame is None:
                         break
                     count += 1
-                    yield await run_in_threadpool(frame_line, frame, body.mask_format)
+                    yield await run_in_threadpool(frame_line, frame, body.mask_format, epsilon)
             except ServiceError as exc:
                 # Headers are gone: the stream ends with an error line instead.
                 error = {"status": status_of(exc), "msg": message_of(exc)}

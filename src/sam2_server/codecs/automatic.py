@@ -1,10 +1,10 @@
-"""The automatic-masks answer: the library's records, masks as COCO RLE or PNG.
+"""The automatic-masks answer: the library's records, masks as COCO RLE, PNG or polygons.
 
 The engine keeps each mask as the uncompressed RLE the library computes
 (run lengths over column-major pixels). `"rle"` compresses it exactly as the
 library's own `coco_encode_rle` does for `output_mode="coco_rle"`, so the
-answer's records equal `generate()`'s; `"png"` expands it to a mask and
-writes it as the segment route does.
+answer's records equal `generate()`'s; `"png"` and `"polygon"` expand it to a
+mask and write it as the segment route does.
 """
 
 from __future__ import annotations
@@ -16,21 +16,26 @@ import numpy as np
 import orjson
 from pycocotools import mask as coco_mask
 
-from sam2_server.codecs.native import encode_png
+from sam2_server.codecs.native import encode_mask
 from sam2_server.domain import MASK_RECORD_FIELDS, MaskRecord
 
 # An answer's size follows its masks' boundaries: COCO RLE writes each run in
 # one to three characters, and PNG's deflate spends about as much per run.
 _BYTES_PER_RUN = 4
+# Polygons spend up to 13 bytes per vertex (`[12345,1234],`: a 40-megapixel image
+# has at most nine digits in a point). The worst masks found (every periodic tile
+# up to 4x4, random masks) have about 3 vertices per run: 43 bytes per run even
+# with ten digits; tested against written answers (tests/codecs/test_automatic.py).
+_POLYGON_BYTES_PER_RUN = 48
 _BYTES_PER_RECORD = 512  # the other fields, the PNG header, the JSON punctuation
 _BYTES_PER_ANSWER = 1024  # ids and size
 
 
-def estimate_answer_bytes(records: Sequence[MaskRecord]) -> int:
-    """About the most bytes `automatic_answer` writes for `records`, in either format."""
+def estimate_answer_bytes(records: Sequence[MaskRecord], mask_format: str = "rle") -> int:
+    """About the most bytes `automatic_answer` writes for `records` in `mask_format`."""
+    per_run = _POLYGON_BYTES_PER_RUN if mask_format == "polygon" else _BYTES_PER_RUN
     return _BYTES_PER_ANSWER + sum(
-        len(record.segmentation["counts"]) * _BYTES_PER_RUN + _BYTES_PER_RECORD
-        for record in records
+        len(record.segmentation["counts"]) * per_run + _BYTES_PER_RECORD for record in records
     )
 
 
@@ -51,11 +56,15 @@ def rle_to_mask(rle: dict[str, list[int]]) -> np.ndarray:
     return np.repeat(values, counts).reshape(width, height).T
 
 
-def encode_segmentation(rle: dict[str, list[int]], mask_format: str) -> dict[str, Any] | str:
-    """One mask in `mask_format`: COCO RLE (`rle`) or a base64 grayscale PNG (`png`)."""
+def encode_segmentation(
+    rle: dict[str, list[int]], mask_format: str, epsilon: float = 0.0
+) -> dict[str, Any] | str:
+    """One mask in `mask_format`: COCO RLE (`rle`), a base64 grayscale PNG (`png`), or
+    `{"size", "polygons"}` (`polygon`, simplified to within `epsilon` pixels)."""
     if mask_format == "rle":
         return coco_rle(rle)
-    return encode_png(rle_to_mask(rle))
+    encoded: dict[str, Any] | str = encode_mask(rle_to_mask(rle), mask_format, epsilon)
+    return encoded
 
 
 def automatic_answer(
@@ -66,6 +75,7 @@ def automatic_answer(
     width: int,
     height: int,
     mask_format: str,
+    polygon_epsilon: float = 0.0,
     warnings: Sequence[str] = (),
 ) -> bytes:
     """`{"image_id", "model_id", "width", "height", "masks": [records]}`, in the library's order.
@@ -77,7 +87,7 @@ def automatic_answer(
     stay ints and floats are written exactly (orjson writes the shortest text
     that reads back as the same double).
     """
-    masks = [_answer_record(record, mask_format) for record in records]
+    masks = [_answer_record(record, mask_format, polygon_epsilon) for record in records]
     answer: dict[str, object] = {
         "image_id": image_id,
         "model_id": model_id,
@@ -87,11 +97,11 @@ def automatic_answer(
     }
     if warnings:
         answer["warnings"] = list(warnings)
-    return orjson.dumps(answer)
+    return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)  # polygons' rings
 
 
-def _answer_record(record: MaskRecord, mask_format: str) -> dict[str, Any]:
+def _answer_record(record: MaskRecord, mask_format: str, epsilon: float) -> dict[str, Any]:
     """The record's fields in the library's order, its segmentation encoded."""
     fields: dict[str, Any] = {name: getattr(record, name) for name in MASK_RECORD_FIELDS}
-    fields["segmentation"] = encode_segmentation(record.segmentation, mask_format)
+    fields["segmentation"] = encode_segmentation(record.segmentation, mask_format, epsilon)
     return fields

@@ -1,4 +1,4 @@
-"""The native API's shapes: COCO RLE and PNG masks, packed float32 arrays.
+"""The native API's shapes: COCO RLE, PNG and polygon masks, packed float32 arrays.
 
 One click on a 2-megapixel photo is 79 MB as the Livepeer route's JSON text;
 the same answer with binary masks as COCO RLE and the low-res logits as
@@ -17,9 +17,10 @@ import orjson
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from sam2_server.codecs.polygons import polygon_arrays
 from sam2_server.domain import Prediction
 
-MASK_FORMATS: tuple[str, ...] = ("rle", "png")
+MASK_FORMATS: tuple[str, ...] = ("rle", "png", "polygon")
 
 
 def pack_array(array: np.ndarray) -> dict[str, Any]:
@@ -70,12 +71,39 @@ def encode_png(mask: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def encode_masks(masks: np.ndarray, mask_format: str) -> list[Any]:
+def encode_polygons(mask: np.ndarray, epsilon: float = 0.0) -> dict[str, Any]:
+    """`{"size": [h, w], "polygons": [[ring, ...], ...]}`: one polygon per 8-connected
+    region, its outer ring then its holes' rings, `[x, y]` at pixel centres.
+
+    `size` is COCO RLE's, so `mask["size"]` reads the same in every format and
+    the polygons rasterize back without the answer around them
+    (`polygons.rasterize(mask["polygons"], *mask["size"])`: the mask exactly
+    with `epsilon` 0; with `epsilon` > 0, every ring is simplified to within
+    that many pixels).
+
+    Rings are int32 arrays: write the answer with `orjson.OPT_SERIALIZE_NUMPY`.
+    """
+    height, width = mask.shape
+    return {"size": [height, width], "polygons": polygon_arrays(mask, epsilon=epsilon)}
+
+
+def encode_mask(mask: np.ndarray, mask_format: str, epsilon: float = 0.0) -> Any:
+    """One H x W binary mask in `mask_format` (`epsilon` only simplifies polygons), for
+    `orjson.dumps(..., option=orjson.OPT_SERIALIZE_NUMPY)`."""
+    if mask_format == "rle":
+        return encode_rle(mask)
+    if mask_format == "png":
+        return encode_png(mask)
+    if mask_format == "polygon":
+        return encode_polygons(mask, epsilon)
+    raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}; got {mask_format!r}")
+
+
+def encode_masks(masks: np.ndarray, mask_format: str, epsilon: float = 0.0) -> Any:
     """C x H x W (or B x C x H x W) binary masks as nested lists of encoded masks."""
-    encode = encode_rle if mask_format == "rle" else encode_png
     if masks.ndim == 2:
-        return encode(masks)  # type: ignore[return-value]
-    return [encode_masks(part, mask_format) for part in masks]
+        return encode_mask(masks, mask_format, epsilon)
+    return [encode_masks(part, mask_format, epsilon) for part in masks]
 
 
 def native_answer(
@@ -87,6 +115,7 @@ def native_answer(
     height: int,
     mask_format: str,
     return_logits: bool,
+    polygon_epsilon: float = 0.0,
 ) -> bytes:
     """The segment answer of the native API (and of the Livepeer route with `mask_format`).
 
@@ -98,7 +127,7 @@ def native_answer(
         "model_id": model_id,
         "width": width,
         "height": height,
-        "masks": encode_masks(prediction.masks > 0, mask_format),
+        "masks": encode_masks(prediction.masks > 0, mask_format, polygon_epsilon),
         "scores": prediction.scores.astype(np.float32),
     }
     if return_logits:

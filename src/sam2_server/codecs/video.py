@@ -1,7 +1,7 @@
 """Video answers: one frame's masks per object, as JSON or as one NDJSON line.
 
-The same mask encodings as the image routes (`native.py`): COCO RLE or PNG,
-binary, at the clip's original size.
+The same mask encodings as the image routes (`native.py`): COCO RLE, PNG or
+polygons, binary, at the clip's original size.
 """
 
 from __future__ import annotations
@@ -10,29 +10,33 @@ from typing import Any
 
 import orjson
 
-from sam2_server.codecs.native import encode_png, encode_rle
+from sam2_server.codecs.native import encode_mask
 from sam2_server.domain import FrameMasks, VideoInfo
 
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY  # polygons' rings are int32 arrays
 
-def frame_fields(frame: FrameMasks, mask_format: str) -> dict[str, Any]:
-    """`{"frame_index", "objects": [{"object_id", "mask"}]}`, objects in the session's order."""
-    encode = encode_rle if mask_format == "rle" else encode_png
+
+def frame_fields(frame: FrameMasks, mask_format: str, epsilon: float = 0.0) -> dict[str, Any]:
+    """`{"frame_index", "objects": [{"object_id", "mask"}]}`, objects in the session's order.
+
+    `epsilon` simplifies polygons (`mask_format` "polygon") to within that many pixels.
+    """
     return {
         "frame_index": frame.frame_index,
         "objects": [
-            {"object_id": object_id, "mask": encode(mask)}
+            {"object_id": object_id, "mask": encode_mask(mask, mask_format, epsilon)}
             for object_id, mask in zip(frame.object_ids, frame.masks, strict=True)
         ],
     }
 
 
-def frame_answer(frame: FrameMasks, mask_format: str) -> bytes:
-    return orjson.dumps(frame_fields(frame, mask_format))
+def frame_answer(frame: FrameMasks, mask_format: str, epsilon: float = 0.0) -> bytes:
+    return orjson.dumps(frame_fields(frame, mask_format, epsilon), option=_NUMPY)
 
 
-def frame_line(frame: FrameMasks, mask_format: str) -> bytes:
+def frame_line(frame: FrameMasks, mask_format: str, epsilon: float = 0.0) -> bytes:
     """One line of the propagation stream (`application/x-ndjson`)."""
-    return orjson.dumps(frame_fields(frame, mask_format)) + b"\n"
+    return orjson.dumps(frame_fields(frame, mask_format, epsilon), option=_NUMPY) + b"\n"
 
 
 def video_fields(info: VideoInfo, *, objects: bool = True) -> dict[str, Any]:

@@ -69,6 +69,24 @@ class AutomaticHooks:
         if self.deadline is not None:
             self.deadline()
 
+    def encode_crop(self, encode: Callable[[], None]) -> None:
+        """Run one crop's encode as every family does: checked first, under the model's
+        encode lock, timed into `encode_s` and reported to `on_encoded`."""
+        self.check()
+        started = time.perf_counter()
+        with self.encode_lock:
+            encode()
+        seconds = time.perf_counter() - started
+        self.encode_s += seconds
+        if self.on_encoded is not None:
+            self.on_encoded(seconds)
+
+
+# How a family turns the predictor the library built for a generator into its own:
+# (library's predictor, the cached embedding, the hooks) → what the generator calls
+# (`set_image`, `_predict`, `_transforms.transform_coords`, `device`, `reset_predictor`).
+Adopt = Callable[[Any, Embedding, AutomaticHooks], Any]
+
 
 def generate_masks(
     model: SAM2Base,
@@ -76,8 +94,14 @@ def generate_masks(
     params: AutomaticParams,
     hooks: AutomaticHooks,
     image: np.ndarray | None = None,
+    adopt: Adopt | None = None,
 ) -> list[MaskRecord]:
     """`SAM2AutomaticMaskGenerator(model, **params).generate(image)`, reusing `embedding`.
+
+    `adopt` makes the generator's predictor another family's (see `Adopt`);
+    by default it is SAM2's own (`_CropPredictor`), and `model` a `SAM2Base`.
+    Another family passes any `model` with the `image_size` the library's
+    transforms are built from.
 
     `image` (H x W x 3 uint8, the pixels the embedding was computed from) is
     needed only when `crop_n_layers > 0`; without crops the generator gets a
@@ -92,7 +116,7 @@ def generate_masks(
         image = np.broadcast_to(np.zeros(3, dtype=np.uint8), (height, width, 3))
     elif image.shape[:2] != (height, width):
         raise ValueError(f"image is {image.shape[:2]}, the embedding {(height, width)}")
-    generator = _Generator(model, params, embedding, hooks)
+    generator = _Generator(model, params, embedding, hooks, adopt or _adopt_sam2)
     records = generator.generate(image)
     return [MaskRecord.of(record) for record in records]
 
@@ -161,15 +185,7 @@ class _CropPredictor(SAM2ImagePredictor):
         if tuple(image.shape[:2]) == self._embedding.orig_hw:
             set_embedding(self, self._embedding)
             return
-        hooks = self._hooks
-        hooks.check()
-        started = time.perf_counter()
-        with hooks.encode_lock:
-            super().set_image(image)
-        seconds = time.perf_counter() - started
-        hooks.encode_s += seconds
-        if hooks.on_encoded is not None:
-            hooks.on_encoded(seconds)
+        self._hooks.encode_crop(lambda: super(_CropPredictor, self).set_image(image))
 
     def _predict(self, *args: Any, **kwargs: Any) -> Any:
         """The model's prompt encoder and mask decoder, under the model's automatic lock
@@ -178,10 +194,18 @@ class _CropPredictor(SAM2ImagePredictor):
             return super()._predict(*args, **kwargs)
 
 
+def _adopt_sam2(
+    predictor: SAM2ImagePredictor, embedding: Embedding, hooks: AutomaticHooks
+) -> _CropPredictor:
+    adopted = _CropPredictor.adopt(predictor, embedding, hooks)
+    fit_feature_sizes(adopted)
+    return adopted
+
+
 class _Generator(SAM2AutomaticMaskGenerator):
     """The library's generator with our predictor, and cancellation between batches."""
 
-    predictor: SAM2ImagePredictor  # the library's, then ours (built in __init__)
+    predictor: Any  # the library's SAM2ImagePredictor, then the family's (built in __init__)
 
     def __init__(
         self,
@@ -189,15 +213,14 @@ class _Generator(SAM2AutomaticMaskGenerator):
         params: AutomaticParams,
         embedding: Embedding,
         hooks: AutomaticHooks,
+        adopt: Adopt,
     ) -> None:
         # Uncompressed RLE: the library's own intermediate form, small, and
         # what the codec needs for both COCO RLE and PNG.
         # The library builds its predictor here (a `torch.jit.script`): see `scripting`.
         with scripting():
             super().__init__(model, output_mode="uncompressed_rle", **asdict(params))
-        predictor = _CropPredictor.adopt(self.predictor, embedding, hooks)
-        fit_feature_sizes(predictor)
-        self.predictor = predictor
+        self.predictor = adopt(self.predictor, embedding, hooks)
         self._hooks = hooks
 
     def _process_batch(self, points: np.ndarray, *args: Any, **kwargs: Any) -> Any:

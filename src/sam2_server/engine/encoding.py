@@ -10,24 +10,27 @@ decoding a cached image never waits for another image's encode.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
-from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 from sam2_server.domain import Work, image_id_of
 from sam2_server.engine.batching import Batcher
 from sam2_server.engine.cache import EmbeddingCache
 from sam2_server.engine.compute import Compute
-from sam2_server.engine.embedding import Embedding, embedding_from
+from sam2_server.engine.embedding import Embedding
+from sam2_server.engine.family import ImageModel
 from sam2_server.engine.models import ModelSpec
+from sam2_server.engine.sam2_family import Sam2Image
 from sam2_server.errors import check_cancelled
 from sam2_server.images import decode_image
+
+if TYPE_CHECKING:
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 __all__ = ["Encoder", "LoadedModel"]
 
@@ -37,11 +40,18 @@ class LoadedModel:
     """One served model in memory, as a request holds it from its start to its end."""
 
     spec: ModelSpec
-    predictor: SAM2ImagePredictor  # a template: copied per call, never given an image
+    image: ImageModel  # its family's image side (family.py): shared, stateless per call
     nbytes: int  # parameters and buffers: what the model memory budget counts
     encode_lock: threading.Lock = field(default_factory=threading.Lock)
     decode_lock: threading.Lock = field(default_factory=threading.Lock)  # clicks
     automatic_lock: threading.Lock = field(default_factory=threading.Lock)  # generations
+
+    @property
+    def predictor(self) -> SAM2ImagePredictor:
+        """A SAM2 model's template predictor (for tools that reach into the library)."""
+        if not isinstance(self.image, Sam2Image):
+            raise TypeError(f"{self.spec.model_id} is a {self.image.family} model, not SAM2")
+        return self.image.predictor
 
 
 class _EncodeJob:
@@ -138,23 +148,20 @@ class Encoder:
         return sum(b.batches for b in batchers)
 
     def encode_one(self, loaded: LoadedModel, model_id: str, image: Image.Image) -> Embedding:
-        """SAM2ImagePredictor.set_image on a private predictor."""
-        predictor = copy.copy(loaded.predictor)
+        """One image through the model's encoder (SAM2: `set_image`)."""
         with loaded.encode_lock, self.compute.context():
-            predictor.set_image(image)
+            embedding = loaded.image.encode_one(image, model_id)
         self.count(1)
-        return embedding_from(predictor, model_id, 0)
+        return embedding
 
     def encode_batch(
         self, loaded: LoadedModel, model_id: str, images: Sequence[Image.Image]
     ) -> list[Embedding]:
-        """SAM2ImagePredictor.set_image_batch over concurrent misses (runs in the batcher)."""
-        predictor = copy.copy(loaded.predictor)
-        arrays = [np.array(image) for image in images]  # writable copies for torch
+        """Concurrent misses in one forward (runs in the batcher; SAM2: `set_image_batch`)."""
         with loaded.encode_lock, self.compute.context():
-            predictor.set_image_batch(arrays)
+            embeddings = loaded.image.encode_batch(images, model_id)
         self.count(len(images))
-        return [embedding_from(predictor, model_id, i, own=True) for i in range(len(images))]
+        return embeddings
 
     def _encode(self, loaded: LoadedModel, model_id: str, image: Image.Image) -> Embedding:
         if self.batch_size <= 1:

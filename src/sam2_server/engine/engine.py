@@ -36,7 +36,7 @@ from sam2_server.domain import (
     Work,
     image_id_of,
 )
-from sam2_server.engine.automatic import AutomaticHooks, generate_masks, warnings_for
+from sam2_server.engine.automatic import AutomaticHooks, warnings_for
 from sam2_server.engine.compute import Compute
 from sam2_server.engine.decoding import decode
 from sam2_server.engine.embedding import Embedding
@@ -116,6 +116,10 @@ class Engine:
 
     def unavailable(self) -> dict[str, str]:
         return self.models.unavailable()
+
+    def describe_models(self) -> list[dict[str, Any]]:
+        """Each served model: family, input size, loaded or not, video and automatic masks."""
+        return self.models.describe()
 
     def _warm_up(self, loaded: LoadedModel, model_id: str) -> None:
         """Compile before the first request rather than during it."""
@@ -227,7 +231,7 @@ class Engine:
         hooks = self._automatic_hooks(loaded, model_id, plan_of(params, embedding.orig_hw), work)
         t1 = time.perf_counter()
         with self.compute.context():
-            records = generate_masks(loaded.predictor.model, embedding, params, hooks, pixels)
+            records = loaded.image.generate(embedding, params, hooks, pixels)
         # Encoding crops is a stage of its own in the log and metrics (reported as a miss).
         timings.encode_s = hooks.encode_s
         timings.decode_s = time.perf_counter() - t1 - hooks.encode_s

@@ -17,23 +17,29 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sam2_server.config import GIB, MIB, Settings
+from sam2_server.engine import registry
 from sam2_server.engine.compute import Compute
 from sam2_server.engine.encoding import LoadedModel
+from sam2_server.engine.family import SAM2
 from sam2_server.engine.models import (
     ModelLoadError,
     ModelSpec,
     build_model,
     fetch_checkpoint,
     image_predictor,
+    load_config,
+    read_hf_config,
     resolve_spec,
 )
 from sam2_server.engine.registry import ModelRegistry, ModelState, one_line
+from sam2_server.engine.sam2_family import Sam2Image
 from sam2_server.engine.video_predictor import VIDEO_OVERRIDES, FixedVideoPredictor
 from sam2_server.errors import ErrorKind, ServiceError, check_cancelled
 
@@ -86,6 +92,8 @@ class Models:
         self.on_load_error: Callable[[str, str], None] | None = None
         self.error: str | None = None  # the failures in one line, for /health's 503s
         self._error_lock = threading.Lock()
+        self._traits: dict[str, _Traits] = {}  # what describe() learnt of each model's files
+        self._traits_error: dict[str, tuple[float, str]] = {}  # (when, why) it was unreadable
         self.started = False  # load() has finished
 
     @property
@@ -137,7 +145,60 @@ class Models:
     ) -> FixedVideoPredictor:
         """The model's video predictor, loading it on first use (unavailable if it cannot)."""
         self._require_started(model_id)
+        traits = self._traits_of(model_id)
+        if traits is not None and not traits.video:
+            raise ServiceError(
+                ErrorKind.BAD_INPUT,
+                f"{model_id} is a {traits.family} model, and this server runs video sessions "
+                f"on SAM2 models only; open the session with a SAM2 model_id "
+                f"(GET /v1/models says which models do video).",
+            )
         return self.videos.get(model_id, _before_load(cancelled))
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each served model, for GET /v1/models: its family, input size, whether it is
+        loaded, and what it does. Read from its config without loading it; a model whose
+        files cannot be read says so in `error` (its family and size then null)."""
+        described = []
+        states = self.images.snapshot()
+        for model_id in self.settings.model_ids:
+            state = states.get(model_id, {})
+            error = state.get("error")
+            traits = self._traits_of(model_id)
+            if traits is None and error is None and model_id in self._traits_error:
+                error = self._traits_error[model_id][1]
+            described.append(
+                {
+                    "id": model_id,
+                    "default": model_id == self.default_model_id,
+                    "family": traits.family if traits else None,
+                    "input_size": traits.input_size if traits else None,
+                    "state": state.get("state", ModelState.NOT_LOADED.value),
+                    "loaded": state.get("state") == ModelState.LOADED.value,
+                    "video": traits.video if traits else False,
+                    "automatic_masks": traits is not None,
+                    "error": error,
+                }
+            )
+        return described
+
+    def _traits_of(self, model_id: str) -> _Traits | None:
+        """What a model is, from its config (cached once read); None if it cannot be read."""
+        traits = self._traits.get(model_id)
+        if traits is not None:
+            return traits
+        failed = self._traits_error.get(model_id)
+        if failed is not None and time.monotonic() - failed[0] < registry.LOAD_RETRY_S:
+            return None  # read again after a while, as a failed load is retried
+        try:
+            spec = resolve_spec(model_id, self.settings.model_config)
+            traits = _Traits(spec.family, _input_size(spec), video=spec.family == SAM2)
+        except Exception as exc:  # missing or unreadable files: described, not raised
+            self._traits_error[model_id] = (time.monotonic(), _describe_failure(exc))
+            return None
+        self._traits[model_id] = traits
+        self._traits_error.pop(model_id, None)
+        return traits
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -165,6 +226,40 @@ class Models:
         started = time.perf_counter()
         spec = resolve_spec(model_id, self.settings.model_config)
         checkpoint = fetch_checkpoint(spec)
+        if spec.family != SAM2:
+            loaded = self._load_family_model(spec, checkpoint)
+        else:
+            loaded = self._load_sam2_model(spec, checkpoint)
+        logger.info(
+            "loaded %s (%s, %s, %.0f MB) on %s in %.1f s",
+            model_id,
+            spec.family,
+            checkpoint,
+            loaded.nbytes / MIB,
+            self.compute.device,
+            time.perf_counter() - started,
+        )
+        return loaded
+
+    def _load_family_model(self, spec: ModelSpec, checkpoint: Path) -> LoadedModel:
+        """Another family's model (family.py): today EdgeTAM, through transformers."""
+        from sam2_server.engine import edgetam
+
+        settings = self.settings
+        if settings.encoder_backend != "torch" or settings.compile_encoder:
+            logger.warning(
+                "%s: ENCODER_BACKEND=%s and COMPILE_ENCODER=%s apply to SAM2 models; this "
+                "%s model's encoder runs in PyTorch (batch norms folded, channels_last)",
+                spec.model_id,
+                settings.encoder_backend,
+                settings.compile_encoder,
+                spec.family,
+            )
+        image = edgetam.load_image_model(spec, checkpoint, self.compute.device)
+        return LoadedModel(spec, image, weight_bytes(image.model) + image.cache_bytes)
+
+    def _load_sam2_model(self, spec: ModelSpec, checkpoint: Path) -> LoadedModel:
+        model_id = spec.model_id
         model = build_model(spec, checkpoint, self.compute.device)
         encoder_bytes = 0
         if self.settings.encoder_backend == "openvino":
@@ -176,17 +271,10 @@ class Models:
             encoder.forward = torch.compile(
                 encoder.forward, mode="max-autotune", fullgraph=True, dynamic=False
             )
-        loaded = LoadedModel(spec, image_predictor(model), weight_bytes(model) + encoder_bytes)
+        image = Sam2Image(image_predictor(model))
+        loaded = LoadedModel(spec, image, weight_bytes(model) + encoder_bytes)
         if self.settings.compile_encoder:
             self._warm_up(loaded, model_id)
-        logger.info(
-            "loaded %s (%s, %.0f MB) on %s in %.1f s",
-            model_id,
-            checkpoint,
-            loaded.nbytes / MIB,
-            self.compute.device,
-            time.perf_counter() - started,
-        )
         return loaded
 
     def _install_openvino(
@@ -264,6 +352,33 @@ class Models:
         if kind is not None and issubclass(kind, ModelLoadError):
             return kind(message)
         return ModelLoadError(message)
+
+
+@dataclass(frozen=True)
+class _Traits:
+    """What a served model is, whether loaded or not."""
+
+    family: str
+    input_size: int
+    video: bool
+
+
+def _input_size(spec: ModelSpec) -> int:
+    """The square input side, from the model's config alone (no weights read)."""
+    if spec.family == SAM2:
+        size = load_config(spec.config).model.image_size
+    else:
+        config_path = Path(spec.config)
+        if spec.repo_id is not None:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(repo_id=spec.repo_id, filename=spec.config)
+            if not isinstance(cached, str):
+                raise ModelLoadError(f"model {spec.model_id!r}: config.json is not cached")
+            config_path = Path(cached)
+        raw = read_hf_config(config_path, spec.model_id)
+        size = (raw.get("prompt_encoder_config") or {}).get("image_size", 1024)
+    return int(size)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:

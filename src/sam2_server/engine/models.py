@@ -1,16 +1,21 @@
-"""Model resolution and loading: a `model_id` becomes a SAM2 model on a device.
+"""Model resolution and loading: a `model_id` becomes a model of its family on a device.
 
 A model id is either a Hugging Face repo id that the `sam2` package knows
 (`facebook/sam2-hiera-*`, `facebook/sam2.1-hiera-*`), mapped to the package's
 config and checkpoint file name exactly as `sam2.build_sam` maps them and
 fetched through `huggingface_hub` (so the standard cache, `HF_HOME`,
 `HUGGINGFACE_HUB_CACHE` and `HF_HUB_OFFLINE=1` behave as users expect), or a
-path to a local checkpoint file with a config.
+path to a local checkpoint file with a config: the SAM2 family. Any other
+Hugging Face repo id, or a local folder, is a `transformers` repository
+(`config.json` + `model.safetensors`, processor files beside them) whose
+family is what its own `config.json` says in `model_type` (family.py),
+found through the same cache and the same offline rules.
 
 Weights are only trusted once checked (`verify_checkpoint`): a file from the
 Hugging Face cache must hash to the SHA-256 its blob is named by, a local zip
 checkpoint must pass every member's CRC-32 (torch.load does not check them),
-and torch.load itself only ever runs with `weights_only=True`. Every failure is
+and torch.load itself only ever runs with `weights_only=True`; a safetensors
+file (no pickle at all) must be as long as its header says. Every failure is
 a `ModelLoadError` whose message is one line saying what to do.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -32,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sam2_server.engine.family import FAMILY_OF_MODEL_TYPE, SAM2
 from sam2_server.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -113,9 +120,20 @@ class ModelSpec:
     """Where a model's config and weights come from."""
 
     model_id: str
-    config: str  # a config name inside the sam2 package, or a YAML file path
+    # SAM2: a config name inside the sam2 package, or a YAML file path. Other families:
+    # the repository's config.json (a file name in the HF repo, or a local path).
+    config: str
     checkpoint: str  # a file name in the HF repo, or a local path
-    repo_id: str | None  # None for a local checkpoint
+    repo_id: str | None  # None for a local checkpoint or folder
+    family: str = SAM2  # family.py: decided here, from the sam2 table or config.json
+
+
+# A transformers repository's weights: one safetensors file (never a pickle).
+HF_CONFIG = "config.json"
+HF_WEIGHTS = "model.safetensors"
+# The processor's settings, saved beside the weights when there are any.
+HF_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def hf_model_table() -> dict[str, tuple[str, str]]:
@@ -126,12 +144,18 @@ def hf_model_table() -> dict[str, tuple[str, str]]:
 
 
 def resolve_spec(model_id: str, config: str | None = None) -> ModelSpec:
-    """Decide how `model_id` is loaded, without touching the network or the disk's weights."""
+    """Decide how `model_id` is loaded, without touching the disk's weights.
+
+    The network is touched only for a repo id that is neither sam2's nor in the
+    Hugging Face cache, to read its config.json (unless HF_HUB_OFFLINE is set).
+    """
     table = hf_model_table()
     if model_id in table:
         config_name, filename = table[model_id]
         return ModelSpec(model_id, config or config_name, filename, model_id)
     path = Path(model_id).expanduser()
+    if path.is_dir():
+        return _folder_spec(model_id, path)
     if path.suffix in {".pt", ".pth", ".ckpt"} or path.exists():
         config = config or _config_for_checkpoint_name(path.name, table)
         if config is None:
@@ -141,10 +165,73 @@ def resolve_spec(model_id: str, config: str | None = None) -> ModelSpec:
                 "'configs/sam2.1/sam2.1_hiera_t.yaml' or to a YAML file."
             )
         return ModelSpec(model_id, config, str(path), None)
+    if _REPO_ID.fullmatch(model_id):
+        hub_config = _hub_config(model_id)
+        if hub_config is not None:
+            family = _family_of(model_id, hub_config)
+            return ModelSpec(model_id, HF_CONFIG, HF_WEIGHTS, model_id, family)
     known = ", ".join(sorted(table))
     raise ModelNotFoundError(
-        f"model {model_id!r} is neither a known SAM2 repo id ({known}) nor a checkpoint file."
+        f"model {model_id!r} is neither a known SAM2 repo id ({known}), nor a checkpoint "
+        f"file, nor a folder or Hugging Face repository with a {HF_CONFIG} (EdgeTAM: "
+        f"`sam2-server download <repo id>` where the hub is reachable)."
     )
+
+
+def _folder_spec(model_id: str, folder: Path) -> ModelSpec:
+    """A local transformers repository: its config.json says which family it is."""
+    config = folder / HF_CONFIG
+    if not config.is_file():
+        raise ModelNotFoundError(
+            f"model {model_id!r} is a folder without a {HF_CONFIG}: give a SAM2 checkpoint "
+            f"file, or a folder holding a repository's {HF_CONFIG} and {HF_WEIGHTS}."
+        )
+    family = _family_of(model_id, config)
+    return ModelSpec(model_id, str(config), str(folder / HF_WEIGHTS), None, family)
+
+
+def _hub_config(repo_id: str) -> Path | None:
+    """The repository's config.json from the Hugging Face cache (or the hub when online and
+    not cached); None when it is in neither."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id=repo_id, filename=HF_CONFIG)
+    if isinstance(cached, str):
+        return Path(cached)
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=HF_CONFIG))
+    except Exception:  # no such repo, no network: "not here", as for weights
+        return None
+
+
+def read_hf_config(path: Path, model_id: str) -> dict[str, Any]:
+    """A repository's config.json as a dict, or one line saying why it cannot be read."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"model {model_id!r}: {path} is not a readable JSON config "
+            f"({_first_sentence(str(exc))})."
+        ) from None
+    if not isinstance(config, dict):
+        raise ModelNotFoundError(f"model {model_id!r}: {path} is not a JSON object.")
+    return config
+
+
+def _family_of(model_id: str, config_path: Path) -> str:
+    """The family that serves a repository, from its config.json's `model_type`."""
+    model_type = read_hf_config(config_path, model_id).get("model_type")
+    family = FAMILY_OF_MODEL_TYPE.get(model_type) if isinstance(model_type, str) else None
+    if family is None:
+        served = ", ".join(sorted(FAMILY_OF_MODEL_TYPE))
+        raise ModelNotFoundError(
+            f"model {model_id!r}: its {HF_CONFIG} says model_type {model_type!r}; this server "
+            f"serves SAM2 from Meta's checkpoints (facebook/sam2*, .pt files) and "
+            f"repositories of model_type {served}."
+        )
+    return family
 
 
 def _config_for_checkpoint_name(name: str, table: dict[str, tuple[str, str]]) -> str | None:
@@ -166,7 +253,31 @@ def fetch_checkpoint(spec: ModelSpec, *, download: bool = False) -> Path:
     """
     path = _locate_checkpoint(spec, download=download)
     verify_checkpoint(path, spec.repo_id)
+    if spec.family != SAM2:
+        _check_repository(spec, path, download=download)
     return path
+
+
+def _check_repository(spec: ModelSpec, weights: Path, *, download: bool) -> None:
+    """A transformers repository's other files lie beside its weights (one hub snapshot):
+    the config always, the processor's settings when the repository has them."""
+    if spec.repo_id is not None and download:
+        from huggingface_hub import hf_hub_download
+
+        for name in HF_PROCESSOR_FILES:
+            with contextlib.suppress(Exception):  # optional: not every repository has each
+                hf_hub_download(repo_id=spec.repo_id, filename=name)
+    if not (weights.parent / HF_CONFIG).is_file():
+        where = f"the snapshot of {spec.repo_id}" if spec.repo_id else str(weights.parent)
+        hint = (
+            f"run `sam2-server download {spec.repo_id}`"
+            if spec.repo_id
+            else "put the repository's files together"
+        )
+        raise ModelNotFoundError(
+            f"model {spec.model_id!r}: {weights.name} has no {HF_CONFIG} beside it in "
+            f"{where}; {hint}."
+        )
 
 
 def _locate_checkpoint(spec: ModelSpec, *, download: bool) -> Path:
@@ -233,9 +344,42 @@ def verify_checkpoint(path: Path, repo_id: str | None = None) -> None:
     key = _verified_key(path, stat)
     if key in _verified:
         return
+    if path.suffix == ".safetensors":
+        _verify_safetensors_length(path, remedy)
     if not _verify_hub_digest(path, remedy):
         _verify_zip_crcs(path, remedy)
     _verified.add(key)
+
+
+def _verify_safetensors_length(path: Path, remedy: str) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header naming each tensor's
+    byte range, then the bytes: refuse one whose length is not what its header says
+    (truncated, or with bytes appended) before the model is built."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        head = file.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = file.read(length) if 0 < length <= min(size - 8, 100 * 1024 * 1024) else b""
+    try:
+        tensors = json.loads(header) if header else None
+        ends = [
+            int(entry["data_offsets"][1])
+            for name, entry in (tensors or {}).items()
+            if name != "__metadata__"
+        ]
+    except (ValueError, TypeError, KeyError, IndexError):
+        tensors = None
+    if not isinstance(tensors, dict):
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a safetensors file (no readable header, "
+            f"{size} bytes); {remedy}."
+        )
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        raise CheckpointError(
+            f"checkpoint {path} is {size} bytes but its header says {expected}: it is "
+            f"truncated or modified; {remedy}."
+        )
 
 
 def _verified_key(path: Path, stat: os.stat_result | None = None) -> tuple[str, int, int]:
@@ -512,7 +656,8 @@ def _check_mps(requested: str, device: torch.device) -> None:
 
 
 def download(model_id: str) -> Path:
-    """Fetch a model's checkpoint into the Hugging Face cache (with hub's progress bar)."""
+    """Fetch a model's checkpoint into the Hugging Face cache (with hub's progress bar);
+    a transformers repository's config and processor files come with its weights."""
     spec = resolve_spec(model_id)
     if spec.repo_id is None:
         raise ModelNotFoundError(f"model {model_id!r} is a local checkpoint; nothing to download.")
