@@ -58,9 +58,10 @@ class PolygonMask(BaseModel):
     it is not closed (the last point is not the first again) and may be a single point
     (a one-pixel region) or a line. Exact rings come in OpenCV's order: outer rings
     counterclockwise as the image is shown (y down), holes clockwise. To draw the mask
-    back: for each polygon, largest outer ring first, fill the outer ring with its edges
-    (`cv2.fillPoly` + `cv2.polylines`), clear each hole's inside, then draw the hole's
-    ring (its pixels are the mask's); `sam2_server.codecs.polygons.rasterize` does this.
+    back: polygons in order of decreasing outer-ring area (a region inside a hole comes
+    after the hole), fill the outer ring with its edges (`cv2.fillPoly` +
+    `cv2.polylines`), clear each hole's inside, then draw the hole's ring (its pixels are
+    the mask's); `sam2_server.codecs.polygons.rasterize` does this.
     """
 
     size: list[int] = Field(..., description="[height, width], as in COCO RLE.")
