@@ -27,7 +27,7 @@ from sam2_server.config import GIB, MIB, Settings
 from sam2_server.engine import registry
 from sam2_server.engine.compute import Compute
 from sam2_server.engine.encoding import LoadedModel
-from sam2_server.engine.family import SAM2
+from sam2_server.engine.family import SAM2, VideoPredictor
 from sam2_server.engine.models import (
     ModelLoadError,
     ModelSpec,
@@ -77,10 +77,10 @@ class Models:
             on_error=self._load_failed,
             on_evict=self._unloaded,
         )
-        self.videos: ModelRegistry[FixedVideoPredictor] = ModelRegistry(
+        self.videos: ModelRegistry[VideoPredictor] = ModelRegistry(
             settings.model_ids,
             self._load_video_model,
-            size_of=weight_bytes,
+            size_of=_video_bytes,
             max_bytes=self.images.max_bytes,
             describe=_describe_failure,
             on_error=self._load_failed,
@@ -142,16 +142,16 @@ class Models:
 
     def video_model(
         self, model_id: str, cancelled: Callable[[], bool] | None = None
-    ) -> FixedVideoPredictor:
+    ) -> VideoPredictor:
         """The model's video predictor, loading it on first use (unavailable if it cannot)."""
         self._require_started(model_id)
         traits = self._traits_of(model_id)
         if traits is not None and not traits.video:
             raise ServiceError(
                 ErrorKind.BAD_INPUT,
-                f"{model_id} is a {traits.family} model, and this server runs video sessions "
-                f"on SAM2 models only; open the session with a SAM2 model_id "
-                f"(GET /v1/models says which models do video).",
+                f"{model_id} is an {traits.family} image model (its config.json is not a "
+                f"video model's): open the session with a model that does video "
+                f"(GET /v1/models says which).",
             )
         return self.videos.get(model_id, _before_load(cancelled))
 
@@ -192,7 +192,7 @@ class Models:
             return None  # read again after a while, as a failed load is retried
         try:
             spec = resolve_spec(model_id, self.settings.model_config)
-            traits = _Traits(spec.family, _input_size(spec), video=spec.family == SAM2)
+            traits = _Traits(spec.family, _input_size(spec), video=_does_video(spec))
         except Exception as exc:  # missing or unreadable files: described, not raised
             self._traits_error[model_id] = (time.monotonic(), _describe_failure(exc))
             return None
@@ -300,11 +300,19 @@ class Models:
         assert isinstance(encoder, openvino_backend.OpenVinoImageEncoder)
         return encoder.nbytes
 
-    def _load_video_model(self, model_id: str) -> FixedVideoPredictor:
+    def _load_video_model(self, model_id: str) -> VideoPredictor:
         started = time.perf_counter()
         spec = resolve_spec(model_id, self.settings.model_config)
-        model = build_model(spec, fetch_checkpoint(spec), self.compute.device, VIDEO_OVERRIDES)
-        assert isinstance(model, FixedVideoPredictor)
+        model: VideoPredictor
+        if spec.family != SAM2:
+            from sam2_server.engine import edgetam_video
+
+            checkpoint = fetch_checkpoint(spec)
+            model = edgetam_video.load_video_predictor(spec, checkpoint, self.compute.device)
+        else:
+            built = build_model(spec, fetch_checkpoint(spec), self.compute.device, VIDEO_OVERRIDES)
+            assert isinstance(built, FixedVideoPredictor)
+            model = built
         logger.info(
             "loaded %s's video predictor on %s in %.1f s",
             model_id,
@@ -363,22 +371,40 @@ class _Traits:
     video: bool
 
 
+def _does_video(spec: ModelSpec) -> bool:
+    """SAM2 always; another family when its config is a video model's (edgetam_video)."""
+    if spec.family == SAM2:
+        return True
+    return _hf_config(spec).get("model_type") == "edgetam_video"
+
+
+def _hf_config(spec: ModelSpec) -> dict[str, Any]:
+    """A transformers repository's config.json, from its folder or the HF cache."""
+    config_path = Path(spec.config)
+    if spec.repo_id is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id=spec.repo_id, filename=spec.config)
+        if not isinstance(cached, str):
+            raise ModelLoadError(f"model {spec.model_id!r}: config.json is not cached")
+        config_path = Path(cached)
+    return read_hf_config(config_path, spec.model_id)
+
+
 def _input_size(spec: ModelSpec) -> int:
     """The square input side, from the model's config alone (no weights read)."""
     if spec.family == SAM2:
         size = load_config(spec.config).model.image_size
     else:
-        config_path = Path(spec.config)
-        if spec.repo_id is not None:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(repo_id=spec.repo_id, filename=spec.config)
-            if not isinstance(cached, str):
-                raise ModelLoadError(f"model {spec.model_id!r}: config.json is not cached")
-            config_path = Path(cached)
-        raw = read_hf_config(config_path, spec.model_id)
+        raw = _hf_config(spec)
         size = (raw.get("prompt_encoder_config") or {}).get("image_size", 1024)
     return int(size)
+
+
+def _video_bytes(predictor: VideoPredictor) -> int:
+    """A video predictor's weights: SAM2's is the network itself, another family's holds one."""
+    held: Any = predictor
+    return weight_bytes(held if isinstance(held, torch.nn.Module) else held.model)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:

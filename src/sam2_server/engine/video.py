@@ -17,7 +17,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -27,7 +27,8 @@ from PIL import Image
 
 from sam2_server.config import GIB, MIB, Settings, machine_memory_bytes
 from sam2_server.domain import FrameMasks, VideoInfo, VideoPrompt
-from sam2_server.engine.video_predictor import FixedVideoPredictor, FrameStore
+from sam2_server.engine.family import Frames, VideoPredictor
+from sam2_server.engine.video_predictor import FrameStore
 from sam2_server.errors import Cancelled, ErrorKind, ServiceError, bad_request
 from sam2_server.frames import Clip, frame_images, video_file
 
@@ -40,10 +41,10 @@ _SWEEP_EVERY_S = 30.0
 class _Session:
     video_id: str
     model_id: str
-    predictor: FixedVideoPredictor
-    frames: FrameStore
+    predictor: VideoPredictor  # its family's (family.py): SAM2's predictor, or EdgeTAM's
+    frames: Frames
     fps: float | None
-    state: dict[str, Any] | None = None
+    state: Mapping[str, Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_used: float = field(default_factory=time.monotonic)
     nbytes: int = 0
@@ -75,7 +76,7 @@ class VideoSessions:
     def __init__(
         self,
         settings: Settings,
-        predictor_for: Callable[[str, Callable[[], bool] | None], FixedVideoPredictor],
+        predictor_for: Callable[[str, Callable[[], bool] | None], VideoPredictor],
         compute: Callable[[], AbstractContextManager[None]],
         model_lock: Callable[[str], threading.Lock],
         clock: Callable[[], float] = time.monotonic,
@@ -115,8 +116,8 @@ class VideoSessions:
         clip = video_file(video, **limits) if video is not None else frame_images(frames, **limits)
         self._sweep()
         predictor = self._predictor_for(model_id, cancelled)
-        store = FrameStore(clip.width, clip.height, predictor.image_size)
-        per_frame = FrameStore.frame_bytes(predictor.image_size)
+        store = predictor.frame_store(clip.width, clip.height)
+        per_frame = predictor.frame_bytes()
         # The frame count of a video file is known only once decoded: frames are
         # reserved as they arrive, so a clip too big for the budget stops early.
         reserved = 0
@@ -516,6 +517,8 @@ def _is_prompt_error(message: str) -> bool:
             "at least one of points or box",
             "cannot add box without clearing old points",
             "No input points or masks are provided",
+            # transformers' (the EdgeTAM family's video processor)
+            "at least one of points, boxes, or masks",
         )
     )
 
@@ -575,7 +578,7 @@ def _state_bytes(session: _Session) -> int:
     return total
 
 
-def _output_bytes(state: dict[str, Any]) -> int:
+def _output_bytes(state: Mapping[str, Any]) -> int:
     """What one object's output on one frame holds (the library's compact output)."""
     for per_obj in (
         *state["output_dict_per_obj"].values(),

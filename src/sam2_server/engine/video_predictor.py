@@ -65,6 +65,13 @@ class FixedVideoPredictor(SAM2VideoPredictor):
         super().__init__(*args, **kwargs)
         self.memory_attention.register_forward_pre_hook(_upcast_memory, with_kwargs=True)
 
+    def frame_store(self, width: int, height: int) -> FrameStore:
+        """An empty store for a clip of that size (the video sessions' family interface)."""
+        return FrameStore(width, height, self.image_size)
+
+    def frame_bytes(self) -> int:
+        return FrameStore.frame_bytes(self.image_size)
+
     @torch.inference_mode()
     def init_state_from_frames(
         self, frames: FrameStore, *, offload_state_to_cpu: bool = False
