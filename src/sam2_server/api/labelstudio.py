@@ -564,16 +564,7 @@ class LabelStudioBackend:
         best = prediction.masks[0] > 0
         rle = await run_in_threadpool(mask2rle, best)
         self.counters.predictions += 1
-        region: dict[str, Any] = {
-            "id": uuid.uuid4().hex[:10],
-            "type": "brushlabels",
-            "from_name": brush.name,
-            "to_name": image.name,
-            "original_width": info.width,
-            "original_height": info.height,
-            "image_rotation": 0,
-            "value": {"format": "rle", "rle": rle, "brushlabels": [label] if label else []},
-        }
+        region = _brush_region(brush.name, image.name, info, rle, label)
         if click.item_index is not None:
             region["item_index"] = click.item_index
         # As the native API writes a float32 score: its shortest decimal form.
@@ -833,19 +824,9 @@ def _automatic_regions(
                 f"{settings.max_response_bytes} bytes (MAX_RESPONSE_BYTES); raise "
                 "pred_iou_thresh or lower points_per_side in extra_params.automatic",
             )
-        regions.append(
-            {
-                "id": uuid.uuid4().hex[:10],
-                "type": "brushlabels",
-                "from_name": brush.name,
-                "to_name": image.name,
-                "original_width": info.width,
-                "original_height": info.height,
-                "image_rotation": 0,
-                "value": {"format": "rle", "rle": rle, "brushlabels": [label] if label else []},
-                "score": record.predicted_iou,
-            }
-        )
+        region = _brush_region(brush.name, image.name, info, rle, label)
+        region["score"] = record.predicted_iou
+        regions.append(region)
     return regions
 
 
@@ -921,3 +902,19 @@ def build_labelstudio_router(settings: Settings, admission: Admission) -> APIRou
         )
 
     return router
+
+
+def _brush_region(
+    from_name: str, to_name: str, info: ImageInfo, rle: list[int], label: str | None
+) -> dict[str, Any]:
+    """One mask as Label Studio's brush region: `mask2rle`'s RLE, the control it belongs to."""
+    return {
+        "id": uuid.uuid4().hex[:10],
+        "type": "brushlabels",
+        "from_name": from_name,
+        "to_name": to_name,
+        "original_width": info.width,
+        "original_height": info.height,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": rle, "brushlabels": [label] if label else []},
+    }
