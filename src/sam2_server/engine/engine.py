@@ -261,6 +261,8 @@ class Engine:
         def on_batch(points: int, seconds: float) -> None:
             nonlocal unmeasured
             pacer.observe_batch(model_id, points * units_per_point, seconds)
+            if work.progress is not None:
+                work.progress(points)
             if unmeasured:
                 unmeasured = False
                 pacer.check(model_id, plan)

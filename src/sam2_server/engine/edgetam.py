@@ -1,0 +1,515 @@
+"""The EdgeTAM family: Meta's EdgeTAM through Hugging Face `transformers` and `timm`.
+
+EdgeTAM (arXiv 2501.07256) keeps SAM2's prompt encoder, mask decoder and
+memory design and swaps the Hiera encoder for timm's RepViT-M1, a convnet
+about 7x cheaper. `transformers` ships it as `EdgeTamModel` (images) and
+`EdgeTamVideoModel` (video), with `Sam2Processor`'s pre- and post-processing;
+this module answers exactly as those classes do:
+
+- **Encode**: the repository's `Sam2ImageProcessor` (resize, rescale,
+  normalise), then `EdgeTamModel.get_image_embeddings`. The three feature
+  maps have SAM2's shapes (1x256x64x64 and the 1x32x256x256, 1x64x128x128
+  high-resolution features), so they are the same `Embedding` the cache,
+  single-flight and batching already hold.
+- **Decode**: `Sam2Processor`'s coordinate normalisation, `EdgeTamModel`'s
+  forward on the cached embedding, `Sam2Processor.post_process_masks`
+  (bilinear to the image's size, thresholded at 0 unless logits are asked
+  for). The answer is shaped as `SAM2ImagePredictor.predict`'s (decoding.py
+  sorts it best first, as for SAM2): low-resolution logits at 256x256, which
+  come back as `mask_input`.
+- **Automatic masks**: SAM2's generator (automatic.py) driven by this
+  decoder: the generator's predictor calls are answered by the same three
+  steps (see `_CropPredictor`).
+
+Made fast on a CPU where it is exact: RepViT's batch norms are folded into
+its convolutions (timm's `reparameterize_model`) and its convolutions run in
+`channels_last` (the embedding moves by ~1e-9, tests hold it to 1e-6); the
+sine position encodings of the vision neck, which depend only on shapes, are
+computed once per shape instead of on every encode, and so is the prompt
+side's image-wide positional embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sam2_server.domain import AutomaticParams, MaskRecord, Prompt
+from sam2_server.engine.automatic import AutomaticHooks, generate_masks
+from sam2_server.engine.embedding import Embedding
+from sam2_server.engine.family import EDGETAM
+from sam2_server.engine.models import (
+    HF_PROCESSOR_FILES,
+    CheckpointError,
+    ModelNotFoundError,
+    ModelSpec,
+    read_hf_config,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EdgeTamImage", "backbone_architecture", "load_image_model"]
+
+# The published EdgeTAM's backbone; a config that names another (such as the ResNet-50
+# a misspelt default builds: transformers 5.2x's `EdgeTamVisionConfig` writes its
+# default backbone's key as "archirecture") is not EdgeTAM and is refused.
+BACKBONE_PREFIX = "repvit"
+
+
+def load_image_model(spec: ModelSpec, weights: Path, device: torch.device) -> EdgeTamImage:
+    """An EdgeTAM repository's image model, checked, folded and ready on `device`.
+
+    `weights` is the verified model.safetensors (models.fetch_checkpoint); its
+    folder holds config.json and, usually, the processor's settings.
+    """
+    from transformers import EdgeTamModel
+    from transformers.utils import logging as hf_logging
+
+    folder = weights.parent
+    config = image_config(read_hf_config(folder / "config.json", spec.model_id), spec.model_id)
+    quiet: Any = hf_logging.disable_progress_bar
+    quiet()  # one progress bar per load in a server's log: noise
+    try:
+        loaded: Any = EdgeTamModel.from_pretrained(
+            folder,
+            config=config,
+            dtype=torch.float32,
+            use_safetensors=True,
+            local_files_only=True,
+            output_loading_info=True,
+        )
+        model, info = loaded
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"model {spec.model_id!r}: {weights} cannot be loaded as EdgeTAM "
+            f"({type(exc).__name__}: {_first_line(exc)})."
+        ) from None
+    _check_loaded(spec, weights, info)
+    processor = _processor(folder, spec.model_id)
+    size = int(config.prompt_encoder_config.image_size)
+    processor_size = processor.image_processor.size
+    if (processor_size.height, processor_size.width) != (size, size):
+        raise ModelNotFoundError(
+            f"model {spec.model_id!r}: its processor resizes images to "
+            f"{processor_size.height}x{processor_size.width}, its model takes {size}x{size}."
+        )
+    speed_up(model)
+    model = model.to(device).eval()
+    image = EdgeTamImage(model, processor, device, channels_last=True)
+    image.prefill()
+    return image
+
+
+def image_config(raw: dict[str, Any], model_id: str) -> Any:
+    """`EdgeTamConfig` from a repository's config.json (`edgetam`, or the `edgetam_video`
+    superset the published repository holds), as `EdgeTamModel.from_pretrained` reads it;
+    refused unless its backbone is RepViT."""
+    from transformers import EdgeTamConfig
+
+    try:
+        config: Any = EdgeTamConfig.from_dict(raw)
+    except Exception as exc:  # transformers' strict configs raise several kinds
+        raise ModelNotFoundError(
+            f"model {model_id!r}: config.json is not an EdgeTAM config ({_first_line(exc)})."
+        ) from None
+    architecture = backbone_architecture(config)
+    if not architecture.startswith(BACKBONE_PREFIX):
+        raise ModelNotFoundError(
+            f"model {model_id!r}: config.json builds a {architecture!r} backbone, not EdgeTAM's "
+            f"RepViT (vision_config.backbone_config.architecture must be 'repvit_m1'; a "
+            f"config built from transformers' defaults misspells that key)."
+        )
+    return config
+
+
+def backbone_architecture(config: Any) -> str:
+    """The timm architecture an EdgeTAM config's vision backbone is built as."""
+    vision = getattr(config, "vision_config", config)
+    backbone = getattr(vision, "backbone_config", None)
+    return str(getattr(backbone, "architecture", ""))
+
+
+def speed_up(model: Any) -> None:
+    """The exact CPU speed-ups, in place: RepViT's batch norms folded into its
+    convolutions, its convolutions in channels_last, shape-only encodings cached."""
+    from timm.utils.model import reparameterize_model
+
+    vision = model.vision_encoder
+    backbone = vision.backbone.timm_model
+    reparameterize_model(backbone, inplace=True)
+    backbone.to(memory_format=torch.channels_last)
+    neck = vision.neck
+    if not isinstance(neck.position_encoding, CachedPositions):
+        neck.position_encoding = CachedPositions(neck.position_encoding)
+
+
+class CachedPositions(torch.nn.Module):
+    """A sine position encoding computed once per (shape, device, dtype).
+
+    The vision neck asks for one per feature level on every encode, and the
+    answer depends on the shape alone (no mask is ever passed on this path);
+    the batch dimension is an `expand` of the first image's, so a cached
+    entry costs one image's worth (about 89 MB at 1024x1024 in float32).
+    """
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self._cache: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def forward(
+        self,
+        shape: torch.Size,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if mask is not None:
+            out: torch.Tensor = self.inner(shape, device, dtype, mask)
+            return out
+        batch, *rest = shape
+        key = (tuple(rest), str(device), dtype)
+        cached = self._cache.get(key)
+        if cached is None:
+            # An ordinary tensor (not an inference tensor) so that any caller may read it.
+            with self._lock, torch.inference_mode(False), torch.no_grad():
+                cached = self._cache.get(key)
+                if cached is None:
+                    cached = self.inner(torch.Size((1, *rest)), device, dtype)
+                    self._cache[key] = cached
+        return cached.expand(batch, *rest)
+
+    def prefill(self, shapes: Sequence[tuple[int, ...]], device: torch.device) -> None:
+        """Compute the float32 entries for `shapes` now, so the model's memory counts them."""
+        for shape in shapes:
+            self.forward(torch.Size(shape), device, torch.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._cache.values())
+
+
+class EdgeTamImage:
+    """An EdgeTAM model's image side (the `ImageModel` of family.py)."""
+
+    family = EDGETAM
+
+    def __init__(
+        self, model: Any, processor: Any, device: torch.device, *, channels_last: bool = False
+    ) -> None:
+        self.model: Any = model  # transformers' EdgeTamModel
+        self.processor: Any = processor  # transformers' Sam2Processor
+        self.device = device
+        self.channels_last = channels_last  # the backbone's layout (`speed_up`): its input's
+        self.image_size = int(model.config.prompt_encoder_config.image_size)
+        # The prompt side's image-wide positional embedding depends on no input:
+        # `forward` asks for it on every decode; it is computed once, on first use.
+        self._dense_pe: torch.Tensor | None = None
+        original = model.get_image_wide_positional_embeddings
+
+        def cached_dense_pe() -> torch.Tensor:
+            if self._dense_pe is None:
+                with torch.inference_mode(False), torch.no_grad():
+                    self._dense_pe = original()
+            return self._dense_pe
+
+        model.get_image_wide_positional_embeddings = cached_dense_pe
+
+    def prefill(self) -> None:
+        """Compute the shape-only encodings of a float32 encode now (not on the first
+        request), so that the memory budget counts them (`cache_bytes`)."""
+        vision = self.model.vision_encoder
+        positions = vision.neck.position_encoding
+        if isinstance(positions, CachedPositions):
+            channels = int(vision.config.fpn_hidden_size)
+            size = self.image_size
+            reductions = vision.backbone.timm_model.feature_info.reduction()  # 4, 8, 16, 32
+            shapes = [(1, channels, size // r, size // r) for r in reductions]
+            positions.prefill(shapes, self.device)
+        self.model.get_image_wide_positional_embeddings()
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of the cached shape-only encodings."""
+        positions = self.model.vision_encoder.neck.position_encoding
+        total = positions.nbytes if isinstance(positions, CachedPositions) else 0
+        if self._dense_pe is not None:
+            total += self._dense_pe.numel() * self._dense_pe.element_size()
+        return total
+
+    # -- encode ----------------------------------------------------------------------------
+
+    def encode_one(self, image: Image.Image, model_id: str) -> Embedding:
+        return self._encode([image], model_id, own=False)[0]
+
+    def encode_batch(self, images: Sequence[Image.Image], model_id: str) -> list[Embedding]:
+        return self._encode(images, model_id, own=True)
+
+    def _encode(
+        self, images: Sequence[Image.Image | np.ndarray], model_id: str, *, own: bool
+    ) -> list[Embedding]:
+        """`Sam2Processor`'s pixels, then `EdgeTamModel.get_image_embeddings`."""
+        inputs = self.processor.image_processor(images=list(images), return_tensors="pt")
+        pixels = inputs["pixel_values"].to(self.device)
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        s0, s1, embed = self.model.get_image_embeddings(pixels)
+        sizes = [(int(h), int(w)) for h, w in inputs["original_sizes"]]
+
+        def pick(tensor: torch.Tensor, index: int) -> torch.Tensor:
+            part = tensor[index : index + 1]
+            # Standard layout, and (in a batch) owning only its image's bytes.
+            return part.clone(memory_format=torch.contiguous_format) if own else part.contiguous()
+
+        return [
+            Embedding(
+                model_id=model_id,
+                image_embed=pick(embed, i),
+                high_res_feats=(pick(s0, i), pick(s1, i)),
+                orig_hw=size,
+            )
+            for i, size in enumerate(sizes)
+        ]
+
+    # -- decode ----------------------------------------------------------------------------
+
+    def predict(
+        self, embedding: Embedding, prompt: Prompt
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A prompt as `Sam2Processor` prepares it, `EdgeTamModel`'s forward on the cached
+        embedding, `Sam2Processor.post_process_masks`; shaped as `SAM2ImagePredictor.predict`.
+        """
+        height, width = embedding.orig_hw
+        inputs = self._prompt_inputs(prompt, (height, width))
+        outputs = self.model(
+            image_embeddings=[*embedding.high_res_feats, embedding.image_embed],
+            multimask_output=prompt.multimask_output,
+            **inputs,
+        )
+        low_res = outputs.pred_masks[0].float()  # objects x C x 256 x 256
+        masks = self.processor.post_process_masks(
+            [low_res], [[height, width]], binarize=not prompt.return_logits
+        )[0]
+        scores = outputs.iou_scores[0].float()
+        # As `SAM2ImagePredictor.predict`: one object's answer without its object axis.
+        return (
+            _numpy(masks.squeeze(0)),
+            _numpy(scores.squeeze(0)),
+            _numpy(low_res.squeeze(0)),
+        )
+
+    def _prompt_inputs(self, prompt: Prompt, orig_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Points, labels, boxes and mask in `EdgeTamModel`'s layout: [image, object, point,
+        xy], through `Sam2Processor`'s own coordinate normalisation."""
+        points = prompt.point_coords
+        labels = prompt.point_labels
+        boxes = prompt.box
+        if points is not None and points.ndim == 2:
+            points, labels = points[None], None if labels is None else labels[None]
+        if boxes is not None and boxes.ndim == 1:
+            boxes = boxes[None]
+        # Coordinates relative to the image ([0, 1]) when not normalised: a 1x1 "image".
+        size = [list(orig_hw)] if prompt.normalize_coords else [[1, 1]]
+        inputs: dict[str, torch.Tensor] = {}
+        if points is not None or boxes is not None:
+            encoded = self.processor(
+                original_sizes=size,
+                input_points=None if points is None else np.asarray(points, np.float64)[None],
+                input_labels=None if labels is None else np.asarray(labels, np.int64)[None],
+                input_boxes=None if boxes is None else np.asarray(boxes, np.float64)[None],
+                return_tensors="pt",
+            )
+            for name in ("input_points", "input_labels", "input_boxes"):
+                if name in encoded:
+                    inputs[name] = encoded[name].to(self.device)
+        if prompt.mask_input is not None:
+            mask = torch.as_tensor(prompt.mask_input, dtype=torch.float32, device=self.device)
+            inputs["input_masks"] = mask.reshape(1, 1, *mask.shape[-2:])
+        return inputs
+
+    # -- automatic masks -------------------------------------------------------------------
+
+    def generate(
+        self,
+        embedding: Embedding,
+        params: AutomaticParams,
+        hooks: AutomaticHooks,
+        image: np.ndarray | None,
+    ) -> list[MaskRecord]:
+        """SAM2's generator (automatic.py) with this model's predictor (`_CropPredictor`)."""
+
+        def adopt(library: Any, cached: Embedding, hooks: AutomaticHooks) -> _CropPredictor:
+            return _CropPredictor(self, library, cached, hooks)
+
+        # The library builds its own predictor (its transforms: the hole and sprinkle
+        # filter of min_mask_region_area) from any model with an `image_size`.
+        return generate_masks(self, embedding, params, hooks, image, adopt=adopt)
+
+    def normalize_points(self, points: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        """N x 2 pixel coordinates → the model's input frame, as `Sam2Processor` does it."""
+        encoded = self.processor(
+            original_sizes=[list(orig_hw)],
+            input_points=points.detach().cpu()[None, :, None, :].numpy().astype(np.float64),
+            return_tensors="pt",
+        )
+        normalized: torch.Tensor = encoded["input_points"][0, :, 0, :]
+        return normalized.to(points.device)
+
+    def decode_points(
+        self,
+        embedding: Embedding,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """N single-point prompts (N x 1 x 2 in the input frame) on one embedding:
+        (low-resolution logits N x C x 256 x 256, scores N x C).
+
+        Without masks the N prompts are the model's point batch, as transformers'
+        mask generation batches them; with one mask input each (the generator's
+        mask-to-mask refinement) the embedding is repeated as an image batch of N.
+        """
+        feats = [*embedding.high_res_feats, embedding.image_embed]
+        if mask_input is None:
+            outputs = self.model(
+                image_embeddings=feats,
+                input_points=points[None],
+                input_labels=labels[None],
+                multimask_output=multimask_output,
+            )
+            return outputs.pred_masks[0], outputs.iou_scores[0]
+        count = points.shape[0]
+        outputs = self.model(
+            image_embeddings=[f.expand(count, *f.shape[1:]) for f in feats],
+            input_points=points[:, None],
+            input_labels=labels[:, None],
+            input_masks=mask_input,
+            multimask_output=multimask_output,
+        )
+        return outputs.pred_masks[:, 0], outputs.iou_scores[:, 0]
+
+
+class _PointTransforms:
+    """What the generator asks of its predictor's transforms: coordinates into the
+    model's frame (`Sam2Processor`'s way), masks back to the image (the library's
+    transforms: bilinear, plus its hole and sprinkle filter where it has one)."""
+
+    def __init__(self, image: EdgeTamImage, library: Any) -> None:
+        self._image = image
+        self._library = library
+
+    def transform_coords(
+        self, coords: torch.Tensor, normalize: bool = False, orig_hw: Any = None
+    ) -> torch.Tensor:
+        hw = (int(orig_hw[0]), int(orig_hw[1])) if normalize else (1, 1)
+        return self._image.normalize_points(coords, hw)
+
+    def postprocess_masks(self, masks: torch.Tensor, orig_hw: Any) -> torch.Tensor:
+        processed: torch.Tensor = self._library.postprocess_masks(masks, orig_hw)
+        return processed
+
+
+class _CropPredictor:
+    """The generator's predictor, answered by EdgeTAM: the whole image from the cached
+    embedding, smaller crops encoded (under the model's encode lock), batches decoded
+    under the model's automatic lock (clicks, under the decode lock, do not wait)."""
+
+    def __init__(
+        self, image: EdgeTamImage, library: Any, embedding: Embedding, hooks: AutomaticHooks
+    ) -> None:
+        self._image = image
+        self._embedding = embedding
+        self._hooks = hooks
+        self._transforms = _PointTransforms(image, library._transforms)
+        self.mask_threshold = float(library.mask_threshold)
+        self._current: Embedding | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self._image.device
+
+    def set_image(self, image: np.ndarray) -> None:
+        if tuple(image.shape[:2]) == self._embedding.orig_hw:
+            self._current = self._embedding  # a crop as large as the image is the image
+            return
+        crop = Image.fromarray(np.ascontiguousarray(image))
+
+        def encode() -> None:
+            self._current = self._image.encode_one(crop, self._embedding.model_id)
+
+        self._hooks.encode_crop(encode)
+
+    def reset_predictor(self) -> None:
+        self._current = None
+
+    def _predict(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        img_idx: int = -1,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        current = self._current
+        if current is None:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        if point_coords is None or point_labels is None or boxes is not None:
+            raise ValueError("the automatic-mask generator prompts with points only")
+        with self._hooks.batch_lock:
+            low_res, scores = self._image.decode_points(
+                current, point_coords, point_labels, mask_input, multimask_output
+            )
+        low_res = low_res.float()
+        masks = self._transforms.postprocess_masks(low_res, current.orig_hw)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return masks, scores.float(), low_res
+
+
+def _check_loaded(spec: ModelSpec, weights: Path, info: dict[str, Any]) -> None:
+    """Refuse weights that leave part of the model at its random initialisation."""
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(item) for item in info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        example = (missing or mismatched)[0]
+        raise ModelNotFoundError(
+            f"model {spec.model_id!r}: {weights} does not match its config.json "
+            f"({len(missing)} missing, {len(mismatched)} mismatched weights, e.g. {example})."
+        )
+
+
+def _processor(folder: Path, model_id: str) -> Any:
+    """The repository's `Sam2Processor` settings, or transformers' defaults without any."""
+    from transformers import Sam2ImageProcessor, Sam2Processor
+
+    if not any((folder / name).is_file() for name in HF_PROCESSOR_FILES):
+        logger.info("%s has no processor settings: using Sam2Processor's defaults", model_id)
+        return Sam2Processor(image_processor=Sam2ImageProcessor())
+    try:
+        processor: Any = Sam2Processor.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"model {model_id!r}: its processor settings cannot be read ({_first_line(exc)})."
+        ) from None
+    return processor
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    array: np.ndarray = tensor.detach().cpu().numpy()
+    return array
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
