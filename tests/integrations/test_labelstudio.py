@@ -36,6 +36,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from sam2_server.codecs.brush import mask2rle
 from tests.e2e.process import Server, free_port
@@ -436,9 +438,15 @@ def test_a_rectangle_through_label_studio_is_the_native_mask(
 
 
 def test_a_ten_click_session_downloads_and_encodes_once(
-    label_studio: LabelStudio, project: Project, tools_server: Server
+    label_studio: LabelStudio, project: Project, tools_server: Server, tmp_path: Path
 ) -> None:
-    task, upload = import_image(label_studio, project.id, DATA / "truck.jpg")
+    # Bytes no other test of the session sends (the server's cache is shared with the
+    # other tools' tests): the one encode counted is this session's own.
+    unique = tmp_path / "truck-ten-clicks.png"
+    note = PngInfo()
+    note.add_text("Comment", "the ten-click session of test_labelstudio.py")
+    Image.open(DATA / "truck.jpg").save(unique, format="PNG", pnginfo=note)
+    task, upload = import_image(label_studio, project.id, unique)
     before = counters(tools_server)
     rng = np.random.default_rng(16)
     regions: list[dict[str, Any]] = []
