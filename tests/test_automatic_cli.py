@@ -9,11 +9,15 @@ real server process, and must write the same files byte for byte.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -197,3 +201,54 @@ def test_a_missing_image(tmp_path: Path, capsys) -> None:
     assert err.startswith(f"sam2-server automatic: cannot read image {tmp_path / 'missing.png'}")
     assert len(err.strip().splitlines()) == 1, err
     assert out == ""
+
+
+@pytest.mark.parametrize("where", ["url", "in-process"])
+def test_a_terminal_shows_a_progress_bar(
+    where: str, photo: Path, server: Server, reduced_model, tmp_path: Path
+) -> None:
+    """With stderr on a terminal, a bar counts the batches of grid points (from the
+    NDJSON progress lines with --url, from the engine in-process); the files are the
+    same as without it."""
+    flags = [*FLAGS, "--points-per-batch", "1"]  # four batches
+    target = ["--url", server.url] if where == "url" else in_process(reduced_model)
+    environment = {k: v for k, v in os.environ.items() if k not in ("AUTH_TOKEN", "MODEL_ID")}
+    environment["AUTH_TOKEN"] = TOKEN
+    main_, terminal = pty.openpty()
+    # A terminal 100 columns wide (a new pty is 0 x 0: tqdm would draw nothing).
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    command = [sys.executable, "-m", "sam2_server.cli", "automatic", str(photo), *flags]
+    try:
+        process = subprocess.Popen(
+            [*command, *target, "-o", str(tmp_path / "bar")],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            env=environment,
+        )
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main_, 4096)
+            except OSError:  # the other end closed: the process is done with it
+                break
+            if not chunk:
+                break
+            shown += chunk
+        stdout, _ = process.communicate(timeout=120)
+    finally:
+        os.close(main_)
+    assert process.returncode == 0, shown.decode(errors="replace")
+    text = shown.decode(errors="replace")
+    assert "generating masks" in text
+    assert "4/4" in text, text
+    assert "batch" in text
+    assert "Traceback" not in text
+    assert stdout.decode().startswith("12 masks -> ")
+    plain = tmp_path / "plain"
+    command = [str(photo), *flags, *target, "-o", str(plain)]
+    if where == "url":
+        command += ["--token", TOKEN]
+    assert run_cli(*command) == 0
+    for name in sorted(p.name for p in plain.iterdir()):
+        assert (tmp_path / "bar" / name).read_bytes() == (plain / name).read_bytes(), name

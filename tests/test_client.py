@@ -360,6 +360,182 @@ def test_mask_input_round_trip(server: Server, reduced_engine) -> None:
     assert_same(refined, expected)
 
 
+class Bodies:
+    """The JSON bodies the client sends to the segment route, through an httpx event hook."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def hook(self, request: httpx.Request) -> None:
+        if request.url.path.endswith("/segment"):
+            self.sent.append(orjson.loads(request.content))
+
+    async def ahook(self, request: httpx.Request) -> None:
+        self.hook(request)
+
+
+def test_refining_with_a_candidate_sends_its_reference(server: Server, reduced_engine) -> None:
+    """`mask_input=result.logits[k]` goes as {answer_id, index} (a few bytes), and the
+    answer is bit for bit the engine's on the packed logits; anything else goes packed."""
+    data = image_bytes("groceries.jpg")
+    bodies = Bodies()
+    with Client(server.url, TOKEN, event_hooks={"request": [bodies.hook]}) as client:
+        first = client.segment(data, points=POINTS[:1])
+        assert re.fullmatch(r"[0-9a-f]{32}", first.answer_id or "")
+        refined = client.segment(
+            first.image_id, points=POINTS, labels=LABELS, mask_input=first.logits[2]
+        )
+        sent = bodies.sent[-1]
+        assert sent["mask_input"] == {"answer_id": first.answer_id, "index": [0, 2]}
+        assert len(orjson.dumps(sent)) < 300
+        expected = engine_answer(
+            reduced_engine, data, points=POINTS, labels=LABELS, mask_input=first.logits[2]
+        )
+        assert_same(refined, expected)
+        # A refinement of the refinement, by its own reference (1 x 256 x 256 works too).
+        again = client.segment(data, points=POINTS[:1], mask_input=refined.logits[:1])
+        assert bodies.sent[-1]["mask_input"] == {"answer_id": refined.answer_id, "index": [0, 0]}
+        assert_same(
+            again,
+            engine_answer(
+                reduced_engine, data, points=POINTS[:1], labels=[1], mask_input=refined.logits[0]
+            ),
+        )
+        # Several boxes: [b, k].
+        boxes = client.segment(data, box=BOXES)
+        client.segment(data, points=POINTS[:1], mask_input=boxes.logits[1, 2])
+        assert bodies.sent[-1]["mask_input"] == {"answer_id": boxes.answer_id, "index": [1, 2]}
+        # Logits changed in any way, or for another image, travel packed.
+        changed = first.logits[0].copy()
+        changed[0, 0] += 1
+        client.segment(data, points=POINTS[:1], mask_input=changed)
+        assert bodies.sent[-1]["mask_input"]["shape"] == [1, 256, 256]
+        other = fresh_image(11)
+        client.segment(other, points=POINTS[:1], mask_input=first.logits[0])
+        assert bodies.sent[-1]["mask_input"]["shape"] == [1, 256, 256]
+        assert "mask_input" not in bodies.sent[0]
+
+    async def main() -> Result:
+        async with AsyncClient(server.url, TOKEN, event_hooks={"request": [bodies.ahook]}) as a:
+            one = await a.segment(data, points=POINTS[:1])
+            return await a.segment(data, points=POINTS, labels=LABELS, mask_input=one.logits[2])
+
+    assert_same(asyncio.run(main()), expected)
+    assert bodies.sent[-1]["mask_input"]["index"] == [0, 2]
+
+
+def answering(script: list[tuple[int, dict]]) -> tuple[httpx.MockTransport, list[tuple]]:
+    """A transport answering each request with the next (status, JSON) of `script`; it
+    records (method and route, the segment body's mask_input or None)."""
+    seen: list[tuple] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        route = f"{request.method} {_route(request.url.path)}"
+        mask_input = None
+        if route.endswith("/segment"):
+            mask_input = orjson.loads(request.content).get("mask_input")
+        seen.append((route, mask_input))
+        status, body = script.pop(0)
+        return httpx.Response(status, json=body)
+
+    return httpx.MockTransport(handle), seen
+
+
+def segment_body(answer_id: str | None, candidates: int = 3) -> dict:
+    from sam2_server.codecs.native import encode_rle
+
+    logits = np.random.default_rng(candidates).normal(size=(candidates, 256, 256))
+    return {
+        "image_id": hashlib.sha256(b"image").hexdigest(),
+        "model_id": "m",
+        "width": 4,
+        "height": 2,
+        "answer_id": answer_id,
+        "masks": [encode_rle(np.zeros((2, 4), bool))] * candidates,
+        "scores": [0.5] * candidates,
+        "logits": pack(logits.astype(np.float32)),
+    }
+
+
+NOT_KEPT = {"detail": {"msg": "answer 'a' is not kept on this server ...: send that answer's "}}
+NOT_CACHED = {"detail": {"msg": "image ... is not cached; upload it again"}}
+
+
+def test_an_answer_no_longer_kept_is_sent_packed_once() -> None:
+    """A 404 to the reference: the same prompt with the packed logits, once; the client
+    then forgets the reference. If the image went too, it is uploaded again as before."""
+    upload = {"image_id": hashlib.sha256(b"image").hexdigest()}
+    transport, seen = answering(
+        [
+            (404, NOT_CACHED),  # GET: not there
+            (200, upload),
+            (200, segment_body("a" * 32)),
+            (404, NOT_KEPT),  # the reference: evicted
+            (200, segment_body("b" * 32, 1)),  # packed: fine
+            (200, segment_body("c" * 32, 1)),  # packed again: the reference is forgotten
+        ]
+    )
+    with Client("http://sam2", transport=transport) as client:
+        first = client.segment(b"image", points=POINTS)
+        refined = client.segment(b"image", points=POINTS, mask_input=first.logits[1])
+        client.segment(b"image", points=POINTS, mask_input=first.logits[1])
+    assert refined.answer_id == "b" * 32
+    routes = [route for route, _ in seen]
+    assert routes == [
+        "GET /v1/images/{id}",
+        "POST /v1/images",
+        *["POST /v1/images/{id}/segment"] * 4,
+    ]
+    assert seen[3][1] == {"answer_id": "a" * 32, "index": [0, 1]}
+    assert seen[4][1]["shape"] == seen[5][1]["shape"] == [1, 256, 256]
+    assert unpack(seen[4][1]).tobytes() == first.logits[1].tobytes()
+
+    transport, seen = answering(
+        [
+            (404, NOT_CACHED),
+            (200, upload),
+            (200, segment_body("a" * 32)),
+            (404, NOT_CACHED),  # the reference: the image is gone (its answers with it)
+            (404, NOT_CACHED),  # packed: the image is gone
+            (200, upload),
+            (200, segment_body("d" * 32, 1)),
+        ]
+    )
+    with Client("http://sam2", transport=transport) as client:
+        first = client.segment(b"image", points=POINTS)
+        assert client.segment(b"image", mask_input=first.logits[0]).answer_id == "d" * 32
+    assert [route for route, _ in seen][3:] == [
+        "POST /v1/images/{id}/segment",
+        "POST /v1/images/{id}/segment",
+        "POST /v1/images",
+        "POST /v1/images/{id}/segment",
+    ]
+    assert "answer_id" in seen[3][1]
+    assert seen[4][1]["shape"] == seen[6][1]["shape"] == [1, 256, 256]
+
+    transport, seen = answering(
+        [(404, NOT_CACHED), (200, upload), (200, segment_body("a" * 32)), (400, NOT_KEPT)]
+    )
+    with Client("http://sam2", transport=transport) as client:
+        first = client.segment(b"image", points=POINTS)
+        with pytest.raises(Sam2Error) as caught:  # any other error is the caller's
+            client.segment(b"image", mask_input=first.logits[0])
+    assert caught.value.status == 400
+    assert len(seen) == 4
+
+
+def test_a_server_that_keeps_no_answers_gets_packed_logits() -> None:
+    upload = {"image_id": hashlib.sha256(b"image").hexdigest()}
+    transport, seen = answering(
+        [(404, NOT_CACHED), (200, upload), (200, segment_body(None)), (200, segment_body(None))]
+    )
+    with Client("http://sam2", transport=transport) as client:
+        first = client.segment(b"image", points=POINTS)
+        assert first.answer_id is None
+        client.segment(b"image", mask_input=first.logits[0])
+    assert seen[-1][1]["shape"] == [1, 256, 256]
+
+
 def test_several_boxes_give_one_set_of_candidates_per_box(server: Server, reduced_engine) -> None:
     data = image_bytes("groceries.jpg")
     with Client(server.url, TOKEN) as client:
@@ -484,6 +660,89 @@ def test_automatic_masks_are_the_engines_and_upload_once(server: Server, reduced
             return await client.automatic_masks(hashlib.sha256(data).hexdigest(), **RELAXED)
 
     assert_same_records(asyncio.run(main()), expected)
+
+
+def test_automatic_progress_streams_and_gives_the_same_masks(server: Server) -> None:
+    data = small_photo()
+    options = {**RELAXED, "points_per_batch": 1}  # 4 batches
+    seen: list[tuple[int, int]] = []
+    calls = Calls()
+    with Client(server.url, TOKEN, event_hooks={"request": [calls.hook]}) as client:
+        plain = client.automatic_masks(data, **options)
+        streamed = client.automatic_masks(data, progress=lambda *p: seen.append(p), **options)
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert len(streamed) == len(plain) == 12
+    for got, want in zip(streamed, plain, strict=True):
+        np.testing.assert_array_equal(got.segmentation, want.segmentation)
+        assert {k: v for k, v in got.record().items() if k != "segmentation"} == {
+            k: v for k, v in want.record().items() if k != "segmentation"
+        }
+
+    async def main() -> list[AutomaticMask]:
+        async with AsyncClient(server.url, TOKEN) as client:
+            return await client.automatic_masks(data, progress=lambda *p: seen.append(p), **options)
+
+    assert len(asyncio.run(main())) == 12
+    assert seen[4:] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_leaving_during_progress_stops_the_servers_work(server: Server) -> None:
+    """An exception in the progress callback (Ctrl-C, say) closes the connection: the
+    server stops the generation, and logs and counts it as 499, not 200."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int, total: int) -> None:
+        raise Stop
+
+    route = "/v1/images/{id}/automatic-masks"
+    before = requests_counted(server, route, 499), requests_counted(server, route, 200)
+    slow = {**RELAXED, "points_per_side": 16, "points_per_batch": 4}  # 64 batches
+    with Client(server.url, TOKEN) as client, pytest.raises(Stop):
+        client.automatic_masks(small_photo(), progress=stop, **slow)
+    deadline = time.monotonic() + 60
+    while requests_counted(server, route, 499) == before[0]:
+        assert time.monotonic() < deadline, "no 499 for the request left"
+        time.sleep(0.1)
+    assert requests_counted(server, route, 200) == before[1]
+    inflight = _metric(server, "sam2_inflight_requests")
+    deadline = time.monotonic() + 60
+    while inflight:  # the work stopped at its next batch and gave its memory back
+        assert time.monotonic() < deadline, "the generation did not stop"
+        time.sleep(0.1)
+        inflight = _metric(server, "sam2_inflight_requests")
+
+
+def test_an_automatic_error_line_is_a_sam2_error() -> None:
+    lines = [{"progress": {"done": 1, "total": 2}}, {"error": {"status": 400, "msg": "too big"}}]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"image_id": "x"})
+        assert request.headers["accept"] == "application/x-ndjson"
+        body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+        return httpx.Response(200, content=body, headers={"content-type": "application/x-ndjson"})
+
+    seen: list[tuple[int, int]] = []
+    transport = httpx.MockTransport(handle)
+    with Client("http://sam2", transport=transport) as client, pytest.raises(Sam2Error) as caught:
+        client.automatic_masks(b"image", progress=lambda *p: seen.append(p))
+    assert (caught.value.status, caught.value.message) == (400, "too big")
+    assert seen == [(1, 2)]
+
+
+def requests_counted(server: Server, route: str, status: int) -> float:
+    return _metric(server, f'sam2_requests_total{{route="{route}",status="{status}"}}')
+
+
+def _metric(server: Server, name: str) -> float:
+    """A sample of the server's /metrics (0 before any)."""
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line[len(name) + 1 :])
+    return 0.0
 
 
 def test_automatic_options_are_the_librarys_names() -> None:
@@ -1128,13 +1387,19 @@ def test_retry_after_is_seconds_or_an_http_date() -> None:
 # -- eviction (last: it pushes the shared images out of the cache) -----------------------
 
 
+def evicted_after_a_click(client: Client, n: int) -> Result:
+    """A click on `fresh_image(n)`, then two other uploads: the server's cache holds two
+    images, so that one is gone (and its answers with it)."""
+    before = client.segment(fresh_image(n), points=POINTS, labels=LABELS)
+    client.upload(fresh_image(n + 1))
+    client.upload(fresh_image(n + 2))
+    return before
+
+
 def test_an_evicted_image_is_uploaded_again_and_the_prompt_retried(server: Server) -> None:
-    first, second, third = fresh_image(2), fresh_image(3), fresh_image(4)
     client, calls = counted_client(server.url)
     with client:
-        before = client.segment(first, points=POINTS, labels=LABELS)
-        client.upload(second)
-        client.upload(third)  # the cache holds two: `first` is gone
+        before = evicted_after_a_click(client, 2)
         status = httpx.get(
             f"{server.url}/v1/images/{before.image_id}",
             headers={"Authorization": f"Bearer {TOKEN}"},
@@ -1148,3 +1413,30 @@ def test_an_evicted_image_is_uploaded_again_and_the_prompt_retried(server: Serve
             "POST /v1/images/{id}/segment",
         ]
     assert_same(after, before)
+
+
+def test_a_reference_on_an_evicted_image_falls_back_to_the_packed_logits(server: Server) -> None:
+    """The image (and its answers with it) evicted: the reference's 404, the packed
+    logits' 404, the upload again, the packed logits: the answer of a client that never
+    had a reference."""
+    client, calls = counted_client(server.url)
+    with client:
+        before = evicted_after_a_click(client, 5)
+        calls.take()
+        refined = client.segment(
+            before.image_id, points=POINTS[:1], mask_input=before.logits[1], multimask_output=False
+        )
+        assert calls.take() == [
+            "POST /v1/images/{id}/segment",  # by reference: 404, the image is gone
+            "POST /v1/images/{id}/segment",  # packed: 404, the image is gone
+            "POST /v1/images",
+            "POST /v1/images/{id}/segment",
+        ]
+    with Client(server.url, TOKEN) as fresh:
+        packed = fresh.segment(
+            fresh_image(5),
+            points=POINTS[:1],
+            mask_input=before.logits[1].copy(),
+            multimask_output=False,
+        )
+    assert_same(refined, packed)

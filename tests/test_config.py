@@ -54,10 +54,18 @@ def test_automatic_and_video_bounds_from_env():
     assert Settings.from_env({}).video_memory_bytes is None  # a quarter of RAM, at most 8 GiB
 
 
+def test_answer_cache_bytes_from_env():
+    assert Settings.from_env({}).answer_cache_bytes == 256 * 2**20
+    assert Settings.from_env({"ANSWER_CACHE_BYTES": "0"}).answer_cache_bytes == 0  # disabled
+    assert Settings.from_env({"ANSWER_CACHE_BYTES": "1048576"}).answer_cache_bytes == 2**20
+
+
 @pytest.mark.parametrize(
     "env",
     [
         {"PORT": "eighty"},
+        {"ANSWER_CACHE_BYTES": "-1"},
+        {"ANSWER_CACHE_BYTES": "lots"},
         {"PRECISION": "fp8"},
         {"COMPILE_ENCODER": "maybe"},
         {"ENCODE_BATCH_WAIT_MS": "soon"},

@@ -80,6 +80,9 @@ class Settings:
     max_total_points: int = 4096
     # The answer's estimated size, from image size, candidates and objects, before any work.
     max_response_bytes: int = 512 * MIB
+    # Segment answers' low-res logits kept for `mask_input: {"answer_id", "index"}` (3
+    # candidates are 768 KiB), least recently used first past it; 0 keeps none.
+    answer_cache_bytes: int = 256 * MIB
 
     # -- bounded memory under concurrency --
     # Estimated working memory of the requests running at once; None: a quarter
@@ -195,6 +198,9 @@ class Settings:
             max_objects=_int(env, "MAX_OBJECTS", base.max_objects),
             max_total_points=_int(env, "MAX_TOTAL_POINTS", base.max_total_points),
             max_response_bytes=_int(env, "MAX_RESPONSE_BYTES", base.max_response_bytes),
+            answer_cache_bytes=_int(
+                env, "ANSWER_CACHE_BYTES", base.answer_cache_bytes, allow_zero=True
+            ),
             work_memory_bytes=_int(env, "WORK_MEMORY_BYTES", None),
             max_queue=_int(env, "MAX_QUEUE", base.max_queue, allow_zero=True),
             body_read_timeout_s=_float(

@@ -113,11 +113,14 @@ class Timings:
 @dataclass
 class Work:
     """One request's work as the engine sees it: where its time goes (`timings`, filled
-    in) and whether anyone still waits for it (`cancelled()`, asked before each step
-    that would start work; None: always someone)."""
+    in), whether anyone still waits for it (`cancelled()`, asked before each step
+    that would start work; None: always someone), and who follows its progress
+    (`progress(points)`, called after each batch of grid points of automatic masks,
+    with that batch's points, in the worker thread; None: nobody)."""
 
     timings: Timings = field(default_factory=Timings)
     cancelled: Callable[[], bool] | None = None
+    progress: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)

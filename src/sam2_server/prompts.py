@@ -341,6 +341,16 @@ def automatic_points(params: AutomaticParams) -> int:
     )
 
 
+def automatic_batches(params: AutomaticParams) -> int:
+    """Batches of points the generator runs: each crop's grid points, `points_per_batch`
+    at a time (the library's `batch_iterator` over every crop of every layer)."""
+    batches = 0
+    for layer in range(params.crop_n_layers + 1):
+        points = (params.points_per_side // params.crop_n_points_downscale_factor**layer) ** 2
+        batches += 4**layer * math.ceil(points / params.points_per_batch)
+    return batches
+
+
 def _int_within(name: str, value: int, low: int, high: int | None, setting: str) -> None:
     if value < low:
         raise bad_request(f"{name} must be at least {low}; got {value}.")

@@ -14,10 +14,13 @@ points: the mask decoder, not the image size, is the cost on CPU.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import inspect
 import io
+import json
+import threading
 from functools import cache
 
 import numpy as np
@@ -32,7 +35,10 @@ from sam2_server.api.admission import estimate_work_bytes
 from sam2_server.api.automatic import DECODER_BYTES_PER_POINT, automatic_work_ceiling
 from sam2_server.codecs.polygons import rasterize
 from sam2_server.config import machine_memory_bytes
+from sam2_server.domain import AutomaticParams, Work
 from sam2_server.engine.automatic import small_region_filter_available
+from sam2_server.errors import Cancelled
+from sam2_server.prompts import automatic_batches
 from tests.api.test_errors import assert_error
 from tests.codecs.test_polygons import assert_within_tolerance
 from tests.conftest import image_bytes
@@ -405,3 +411,177 @@ def test_a_bad_polygon_epsilon_is_400_naming_it(client, uploaded, body, fragment
         headers={"content-type": "application/json"},
     )
     assert_error(nan, 400, "polygon_epsilon")
+
+
+# -- progress: Accept: application/x-ndjson --------------------------------------------------
+
+NDJSON = {"Accept": "application/x-ndjson"}
+
+
+def ndjson_lines(response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    assert response.text.endswith("\n")
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"points_per_side": 4, "points_per_batch": 5},  # 16 points: 4 batches, the last short
+        {"points_per_side": 2, "points_per_batch": 3, "crop_n_layers": 1},  # 2 + 4 crops x 2
+        {"points_per_side": 2, "mask_format": "png"},  # one batch
+    ],
+)
+def test_progress_lines_then_the_plain_answer(client, uploaded, params):
+    """A progress line after each batch of points (the image's and every crop's), counted
+    against `automatic_batches`, then the result line: the plain answer, field for field."""
+    body = {**params, **RELAXED}
+    path = f"/v1/images/{uploaded}/automatic-masks"
+    lines = ndjson_lines(client.post(path, json=body, headers=NDJSON))
+    *progress, last = lines
+    total = automatic_batches(
+        AutomaticParams(**{k: v for k, v in params.items() if k != "mask_format"})
+    )
+    assert progress == [{"progress": {"done": n, "total": total}} for n in range(1, total + 1)]
+    assert list(last) == ["result"]
+    plain = automatic(client, uploaded, **body)
+    assert last["result"] == plain
+    assert plain["masks"]  # the result line is no empty shell
+
+
+def test_ndjson_is_chosen_by_accept(client, uploaded):
+    path = f"/v1/images/{uploaded}/automatic-masks"
+    body = {"points_per_side": 1, **RELAXED}
+    for accept in ("application/json", "*/*", "application/x-ndjson;q=0"):
+        plain = client.post(path, json=body, headers={"Accept": accept})
+        assert plain.headers["content-type"] == "application/json"
+    for accept in ("application/json, application/x-ndjson", "Application/X-NDJSON; q=0.5"):
+        lines = ndjson_lines(client.post(path, json=body, headers={"Accept": accept}))
+        assert "result" in lines[-1]
+
+
+def test_errors_before_the_first_line_keep_their_status(
+    client, uploaded, reduced_engine, monkeypatch
+):
+    path = f"/v1/images/{uploaded}/automatic-masks"
+    assert_error(
+        client.post(path, json={"points_per_side": 0}, headers=NDJSON), 400, "points_per_side"
+    )
+    missing = client.post("/v1/images/" + "ab" * 32 + "/automatic-masks", json={}, headers=NDJSON)
+    assert_error(missing, 404, "upload it again")
+    # Refused by the time budget inside the work, before its first batch: still a 400.
+    from sam2_server.engine.pacing import Pacer
+
+    pacer = Pacer(budget_s=10.0)
+    pacer.observe_batch(reduced_engine.default_model_id, units=1.0, seconds=0.5)
+    monkeypatch.setattr(reduced_engine, "pacer", pacer)
+    refused = client.post(path, json={"points_per_side": 8}, headers=NDJSON)
+    assert_error(refused, 400, "AUTOMATIC_TIME_BUDGET")
+    assert client.app.state.admission.in_use == 0
+
+
+def test_an_error_after_the_first_line_is_an_error_line(reduced_settings, reduced_engine, uploaded):
+    app = create_app(reduced_settings.with_(max_response_bytes=2000), reduced_engine, load=False)
+    with TestClient(app) as client:
+        body = {"points_per_side": 2, "points_per_batch": 2, **RELAXED}
+        path = f"/v1/images/{uploaded}/automatic-masks"
+        lines = ndjson_lines(client.post(path, json=body, headers=NDJSON))
+        plain = client.post(path, json=body)
+        assert_error(plain, 400, "MAX_RESPONSE_BYTES")
+        assert lines[:-1] == [{"progress": {"done": n, "total": 2}} for n in (1, 2)]
+        assert lines[-1] == {"error": {"status": 400, "msg": plain.json()["detail"]["msg"]}}
+        assert app.state.admission.in_use == 0
+
+
+def test_a_client_that_leaves_the_stream_stops_the_work(reduced_settings, reduced_engine, uploaded):
+    """Disconnect after the first progress line (raw ASGI): the generation stops at its
+    next batch, the admission is given back once it has, and the request is logged and
+    counted as 499 (the answer never came), not 200."""
+    counted = CountingSegmenter(reduced_engine)
+    app = create_app(reduced_settings, counted, load=False)
+    body = json.dumps({"points_per_side": 16, "points_per_batch": 4, **RELAXED}).encode()
+    total = 64
+    left = asyncio.Event()
+    sent: list[bytes] = []
+
+    async def receive():
+        if not sent:
+            sent.append(b"")
+            return {"type": "http.request", "body": body, "more_body": False}
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.body" and b"progress" in message.get("body", b""):
+            sent.append(message["body"])
+            left.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/v1/images/{uploaded}/automatic-masks",
+        "raw_path": b"",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"accept", b"application/x-ndjson"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def run() -> None:
+        await asyncio.wait_for(app(scope, receive, send), timeout=120)
+        admission = app.state.admission
+        for _ in range(1200):  # the work ends at its next batch, then gives its memory back
+            if admission.in_use == 0 and counted.ended.is_set():
+                return
+            await asyncio.sleep(0.05)
+
+    asyncio.run(run())
+    assert json.loads(sent[1]) == {"progress": {"done": 1, "total": total}}
+    assert counted.ended.is_set()
+    assert isinstance(counted.outcome, Cancelled)
+    assert counted.batches <= 3 < total  # stopped within a batch or two of leaving
+    assert app.state.admission.in_use == 0
+    requests = app.state.metrics.requests
+    route = "/v1/images/{id}/automatic-masks"
+    assert requests.labels(route, "499")._value.get() == 1
+    assert requests.labels(route, "200")._value.get() == 0
+
+
+class CountingSegmenter:
+    """The engine, counting automatic batches and noting how the generation ended."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.batches = 0
+        self.outcome: BaseException | None = None
+        self.ended = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def automatic_masks(self, model_id, image_id, params, work):
+        reported = work.progress
+
+        def progress(points: int) -> None:
+            self.batches += 1
+            if reported is not None:
+                reported(points)
+
+        try:
+            return self._engine.automatic_masks(
+                model_id, image_id, params, Work(work.timings, work.cancelled, progress)
+            )
+        except BaseException as exc:
+            self.outcome = exc
+            raise
+        finally:
+            self.ended.set()

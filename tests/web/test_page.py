@@ -153,7 +153,8 @@ def test_click_refine_undo_download(page, server, tmp_path):
     sent = json.loads(first.value.request.post_data)
     assert sent["mask_format"] == "png"
     assert sent["multimask_output"] is True
-    assert sent["return_logits"] is True
+    assert sent["return_logits"] is False  # refining names the answer: no logits needed
+    assert "logits" not in first.value.json()
     assert sent["labels"] == [1]
     assert "mask_input" not in sent
     (x, y), scale = sent["points"][0], 800 / box["width"]
@@ -183,12 +184,9 @@ def test_click_refine_undo_download(page, server, tmp_path):
     sent = json.loads(refined.value.request.post_data)
     assert sent["labels"] == [1, 0]
     assert sent["multimask_output"] is False
-    assert sent["mask_input"]["shape"] == [1, 256, 256]
-    assert sent["mask_input"]["dtype"] == "float32"
-    logits = first.value.json()["logits"]
-    assert logits["shape"] == [3, 256, 256]
-    chosen = np.frombuffer(_b64(logits["data"]), "<f4").reshape(3, 256, 256)[1]
-    assert np.array_equal(np.frombuffer(_b64(sent["mask_input"]["data"]), "<f4"), chosen.ravel())
+    # The chosen candidate by reference: the server keeps the first answer's logits.
+    assert sent["mask_input"] == {"answer_id": first.value.json()["answer_id"], "index": 1}
+    assert_same_as_packed(server, first.value, refined.value, 1)
     assert page.locator("#candidates button").count() == 0  # one mask now
     wait_for_text(page, "status", "segment 200")
     refined_score = f"score {refined.value.json()['scores'][0]:.3f}"
@@ -327,6 +325,7 @@ def test_segment_everything(page, server):
         assert page.is_disabled("#everything")
         assert "Segmenting" in page.text_content("#everything")
     assert automatic.value.status == 200
+    assert automatic.value.request.headers["accept"] == "application/x-ndjson"
     sent = json.loads(automatic.value.request.post_data)
     assert sent == {
         "model_id": image["model_id"],
@@ -336,7 +335,9 @@ def test_segment_everything(page, server):
         "stability_score_thresh": 0,
         "box_nms_thresh": 1,
     }
-    records = automatic.value.json()["masks"]
+    progress, answer = ndjson_answer(automatic.value)
+    assert progress == [{"done": 1, "total": 1}]  # 2x2 points: one batch
+    records = answer["masks"]
     wait_for_text(page, "status", " masks")
     wait_until_enabled(page, "#everything", timeout=EVERYTHING_TIMEOUT_MS)
     status = page.text_content("#status")
@@ -494,13 +495,7 @@ def test_dropping_segment_everything_aborts_it(page, server, how):
     wait_until(page, lambda: failed, "the aborted request's requestfailed event")
     assert failed == [(sent.value.url, "net::ERR_ABORTED")]
     # The server saw the client leave and stopped: no answer was sent.
-    wait_until(
-        page,
-        lambda: requests_counted(server, AUTOMATIC_ROUTE, 499) == left_before + 1,
-        "the server's 499 for the aborted request",
-    )
-    assert requests_counted(server, AUTOMATIC_ROUTE, 200) == answered_before
-    page.wait_for_timeout(300)  # nothing left on its way could draw now
+    assert_stopped(page, server, left_before, answered_before)
 
     status = page.text_content("#status")
     if how == "undo":
@@ -513,6 +508,126 @@ def test_dropping_segment_everything_aborts_it(page, server, how):
         assert "score" not in status
         assert page.is_disabled("#undo")
     assert "automatic-masks" not in status
+    assert page.text_content("#error") == ""
+    assert page.errors == []
+
+
+NOT_KEPT = {"detail": {"msg": "answer is not kept on this server: send its logits packed."}}
+
+
+def test_refining_sends_the_reference_and_falls_back_to_packed_logits(page, server):
+    """A refining click sends a few hundred bytes: the earlier answer named by its
+    answer_id and the candidate's index, no logits either way; its mask is the API's
+    answer to the same prompt with that candidate's logits packed. When the server no
+    longer keeps the answer (a 404), the page asks that step again with return_logits
+    and sends the candidate packed, once; no error shows."""
+    page.goto(f"{server.url}/#token={TOKEN}")
+    with page.expect_response(is_upload):
+        page.set_input_files("#file", PHOTO)
+    wait_for_text(page, "image-info", "800")
+    marks = page.locator("#marks")
+    box = marks.bounding_box()
+    with page.expect_response(is_segment) as first:
+        marks.click(position={"x": box["width"] * 0.42, "y": box["height"] * 0.55})
+    wait_for_text(page, "status", "score")
+    page.keyboard.press("3")  # the third candidate
+    with page.expect_response(is_segment) as refined:
+        marks.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
+    sent = refined.value.request.post_data
+    assert json.loads(sent)["mask_input"] == {
+        "answer_id": first.value.json()["answer_id"],
+        "index": 2,
+    }
+    assert json.loads(sent)["return_logits"] is False
+    assert len(sent) < 500  # was 350 kB of base64 logits
+    assert len(refined.value.body()) < 100_000  # one PNG mask (noise: random weights), no logits
+    assert_same_as_packed(server, first.value, refined.value, 2)
+    wait_for_text(page, "status", f"score {refined.value.json()['scores'][0]:.3f}")
+    with page.expect_download() as download:
+        page.click("#download")
+    drawn = np.asarray(Image.open(download.value.path()))
+    served = np.asarray(Image.open(io.BytesIO(_b64(refined.value.json()["masks"][0]))))
+    assert np.array_equal(drawn, served)
+
+    # The server forgot that answer: one 404 to the reference, then the packed logits.
+    bodies, refused = [], []
+
+    def forget_once(route):
+        body = json.loads(route.request.post_data)
+        bodies.append(body)
+        if "answer_id" in (body.get("mask_input") or {}) and not refused:
+            refused.append(body)
+            route.fulfill(status=404, json=NOT_KEPT)
+        else:
+            route.continue_()
+
+    page.route("**/segment", forget_once)
+    with page.expect_response(
+        lambda r: is_segment(r) and "data" in (r.request.post_data or "")
+    ) as last:
+        marks.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.6}, button="right")
+    wait_for_text(page, "status", "segment 200")
+    assert len(bodies) == 3, bodies
+    ref, again, packed = bodies
+    assert ref["mask_input"] == {"answer_id": refined.value.json()["answer_id"], "index": 0}
+    # The refined step asked again as it was sent (its own reference), with its logits.
+    assert again == {**json.loads(refined.value.request.post_data), "return_logits": True}
+    assert packed["mask_input"]["shape"] == [1, 256, 256]
+    assert packed["return_logits"] is False
+    assert {k: v for k, v in packed.items() if k != "mask_input"} == {
+        k: v for k, v in ref.items() if k != "mask_input"
+    }
+    assert_same_as_packed(server, refined.value, last.value, 0)
+    wait_for_overlay(page, "(now) => now.painted > 0")
+    assert page.text_content("#error") == ""
+    assert [e for e in page.errors if "status of 404" not in e] == []
+
+
+def test_segment_everything_shows_progress_and_stops(page, server):
+    """The bar counts the server's batches of points as its NDJSON lines arrive, with
+    the time left; Stop aborts the request (the server stops: its log's 499, no 200)
+    and leaves the page as it was before, with no error."""
+    page.goto(f"{server.url}/?{SLOW_EVERYTHING_QUERY}#token={TOKEN}")
+    with page.expect_response(is_upload):
+        page.set_input_files("#file", PHOTO)
+    wait_until_enabled(page, "#everything")
+    assert page.is_hidden("#everything-progress")
+    assert page.is_hidden("#everything-stop")
+    with page.expect_response(is_segment):
+        page.locator("#marks").click(position={"x": 300, "y": 250})
+    clicked = wait_for_overlay(page, "(now) => now.painted > 0")
+    wait_for_text(page, "status", "score")
+    clicked_status = page.text_content("#status")
+
+    left_before = requests_counted(server, AUTOMATIC_ROUTE, 499)
+    answered_before = requests_counted(server, AUTOMATIC_ROUTE, 200)
+    with page.expect_response(is_automatic, timeout=EVERYTHING_TIMEOUT_MS) as streaming:
+        page.click("#everything")
+        assert page.is_visible("#everything-stop")
+        assert page.is_visible("#everything-progress")
+    assert streaming.value.status == 200  # the first progress line is on its way
+    page.wait_for_function(
+        "() => /^[1-9]\\d* \\/ 16 batches · about \\d+ (s|min) left$/.test("
+        "document.getElementById('everything-label').textContent)",
+        timeout=EVERYTHING_TIMEOUT_MS,
+    )
+    value = page.evaluate("() => document.getElementById('everything-progress').value")
+    assert 1 <= value < 16
+    assert page.evaluate("() => document.getElementById('everything-progress').max") == 16
+    assert "Segmenting" in page.text_content("#everything")
+    page.click("#everything-stop")
+
+    page.wait_for_function("() => !document.getElementById('everything').disabled")
+    assert page.text_content("#everything") == "Segment everything"
+    assert page.is_hidden("#everything-progress")
+    assert page.is_hidden("#everything-stop")
+    assert page.text_content("#everything-label") == ""
+    assert_stopped(page, server, left_before, answered_before)
+    assert overlay(page)["hash"] == clicked["hash"]
+    assert page.text_content("#status") == clicked_status
+    assert page.is_enabled("#undo")
+    page.click("#undo")  # the click's step is the last: Stop left no step of its own
+    assert overlay(page)["painted"] == 0
     assert page.text_content("#error") == ""
     assert page.errors == []
 
@@ -562,6 +677,60 @@ def test_docs_offline(page, server):
     assert elsewhere == []
     assert all(url.startswith((server.url + "/", "data:", "blob:")) for url in page.urls)
     assert page.errors == []
+
+
+def ndjson_answer(response) -> tuple[list[dict], dict]:
+    """An automatic-masks NDJSON answer: its progress lines' values, and the result."""
+    lines = [json.loads(line) for line in response.text().splitlines()]
+    assert all(list(line) == ["progress"] for line in lines[:-1]), lines[:-1]
+    assert list(lines[-1]) == ["result"]
+    return [line["progress"] for line in lines[:-1]], lines[-1]["result"]
+
+
+def api_segment(server, image_id: str, body: dict) -> dict:
+    response = httpx.post(
+        f"{server.url}/v1/images/{image_id}/segment",
+        json=body,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_same_as_packed(server, earlier, refined, index: int) -> None:
+    """The page's refinement by reference is the API's answer to the same body with the
+    earlier answer's candidate `index` packed: its logits asked for again (the same
+    request with return_logits), then sent as mask_input."""
+    image_id = refined.url.split("/")[-2]
+    again = api_segment(
+        server, image_id, {**json.loads(earlier.request.post_data), "return_logits": True}
+    )
+    assert again["masks"] == earlier.json()["masks"]  # the same answer, now with its logits
+    logits = np.frombuffer(_b64(again["logits"]["data"]), "<f4").reshape(again["logits"]["shape"])
+    body = json.loads(refined.request.post_data)
+    packed = {
+        "dtype": "float32",
+        "shape": [1, 256, 256],
+        "data": base64.b64encode(logits[index].tobytes()).decode(),
+    }
+    direct = api_segment(server, image_id, {**body, "mask_input": packed})
+    answer = refined.json()
+    assert answer["masks"] == direct["masks"]
+    assert answer["scores"] == direct["scores"]
+    assert "logits" not in answer
+
+
+def assert_stopped(page, server, left_before: float, answered_before: float) -> None:
+    """The server's log has one more 499 for automatic masks (the client left before
+    the answer: it stopped), and no more 200; then nothing left on its way may draw."""
+    wait_until(
+        page,
+        lambda: requests_counted(server, AUTOMATIC_ROUTE, 499) == left_before + 1,
+        "the server's 499 for the request left",
+    )
+    assert requests_counted(server, AUTOMATIC_ROUTE, 200) == answered_before
+    page.wait_for_timeout(300)
 
 
 def requests_counted(server, route: str, status: int) -> float:

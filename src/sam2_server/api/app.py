@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 
 from sam2_server import __version__
 from sam2_server.api.admission import Admission
+from sam2_server.api.answers import Answers
 from sam2_server.api.automatic import build_automatic_router
 from sam2_server.api.cvat import build_cvat_router
 from sam2_server.api.errors import install_error_handlers
@@ -76,17 +77,19 @@ def create_app(settings: Settings, segmenter: Segmenter, *, load: bool = True) -
         redoc_url=None,
     )
     admission = Admission(work_budget(settings), settings.max_queue)
+    answers = Answers(settings.answer_cache_bytes)  # the segment answers' logits, by answer_id
     metrics = Metrics()
     metrics.watch(segmenter.stats)
     app.state.segmenter = segmenter
     app.state.settings = settings
     app.state.admission = admission
+    app.state.answers = answers
     app.state.metrics = metrics
-    app.include_router(build_livepeer_router(settings, admission))
+    app.include_router(build_livepeer_router(settings, admission, answers))
     app.include_router(build_operations_router(admission, metrics))
     app.include_router(build_hardware_router())
     app.include_router(build_models_router())
-    app.include_router(build_native_router(settings, admission))
+    app.include_router(build_native_router(settings, admission, answers))
     app.include_router(build_automatic_router(settings, admission))
     app.include_router(build_video_router(settings, admission))
     app.include_router(build_labelstudio_router(settings, admission))
@@ -188,10 +191,12 @@ def _describe_uploads_as_binary(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
-            for component in schema.get("components", {}).get("schemas", {}).values():
+            for title, component in schema.get("components", {}).get("schemas", {}).items():
                 properties = component.get("properties", {})
                 for name, prop in properties.items():
-                    if name in ARRAY_FIELDS and "anyOf" in prop:
+                    # Only the Livepeer form's fields (a form's body is `Body_...`): JSON
+                    # bodies with the same names (the native mask_input) keep their types.
+                    if name in ARRAY_FIELDS and "anyOf" in prop and title.startswith("Body_"):
                         properties[name] = {
                             "type": "string",
                             **{k: v for k, v in prop.items() if k in ("title", "description")},

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, create_model, field_validator
 
-from sam2_server.api.admission import Admission, Ticket, estimate_work_bytes
+from sam2_server.api.admission import Admission, estimate_work_bytes
 from sam2_server.api.deps import SegmenterDep, bearer_scheme
 from sam2_server.api.native_fields import (
     MASK_FORMAT_DESCRIPTION,
@@ -35,14 +35,14 @@ from sam2_server.api.native_fields import (
     start_by_id,
 )
 from sam2_server.api.paths import IMAGES_PATH
-from sam2_server.api.pipeline import run_admitted
-from sam2_server.api.responses import serialise
+from sam2_server.api.pipeline import run_admitted, start_progressing
+from sam2_server.api.responses import NDJSON, accepts_ndjson, progress_stream, serialise
 from sam2_server.api.schemas import NATIVE_RESPONSES, RequestBody
 from sam2_server.codecs.automatic import automatic_answer, estimate_answer_bytes
 from sam2_server.config import Settings, machine_memory_bytes
 from sam2_server.domain import AutomaticParams, ImageInfo, MaskRecord, Timings, Work
 from sam2_server.errors import bad_request
-from sam2_server.prompts import AutomaticLimits, check_automatic
+from sam2_server.prompts import AutomaticLimits, automatic_batches, check_automatic
 
 MIB = 1024 * 1024
 # The mask decoder's activations per point of a batch (the image embedding
@@ -136,6 +136,28 @@ class AutomaticMasksResponse(BaseModel):
     )
 
 
+# With `Accept: application/x-ndjson`: the answer as lines, streamed as the work goes.
+_LINE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": 'One line: {"progress": {"done", "total"}} after each batch of points '
+    '(over the image and every crop), then {"result": <the JSON answer>}; a failure after '
+    'the first line ends the stream with {"error": {"status", "msg"}}.',
+    "properties": {
+        "progress": {
+            "type": "object",
+            "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}},
+            "required": ["done", "total"],
+        },
+        "result": {"$ref": "#/components/schemas/AutomaticMasksResponse"},
+        "error": {
+            "type": "object",
+            "properties": {"status": {"type": "integer"}, "msg": {"type": "string"}},
+            "required": ["status", "msg"],
+        },
+    },
+}
+
+
 def build_automatic_router(settings: Settings, admission: Admission) -> APIRouter:
     # The token is checked by the guard before the body is read; this only
     # declares the bearer scheme in the schema.
@@ -145,7 +167,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
     @router.post(
         "/{image_id}/automatic-masks",
         response_model=AutomaticMasksResponse,
-        responses=NATIVE_RESPONSES,
+        responses={200: {"content": {NDJSON: {"schema": _LINE_SCHEMA}}}, **NATIVE_RESPONSES},
         operation_id="automaticMasks",
         summary="Segment everything on an uploaded image (SAM2AutomaticMaskGenerator)",
     )
@@ -170,19 +192,19 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
         for warning in warnings:
             logger.warning("automatic masks on %s: %s", image_id[:12], warning)
 
-        def work(cancelled: Callable[[], bool]) -> tuple[ImageInfo, list[MaskRecord]]:
-            return segmenter.automatic_masks(model, image_id, params, Work(timings, cancelled))
+        def work(
+            cancelled: Callable[[], bool], batch_done: Callable[[], None] | None = None
+        ) -> tuple[ImageInfo, list[MaskRecord]]:
+            progress = None if batch_done is None else (lambda _points: batch_done())
+            return segmenter.automatic_masks(
+                model, image_id, params, Work(timings, cancelled, progress)
+            )
 
-        cost = automatic_work_bytes(params, info.height, info.width)
-        _check_work(params, info.height, info.width, cost, work_ceiling)
-        (found, records), ticket = await run_admitted(request, admission, cost, timings, work)
-        record.details["masks"] = len(records)
-        _check_answer_size(records, body.mask_format, settings.max_response_bytes, ticket)
-        return await serialise(
-            record,
-            ticket,
-            partial(
-                automatic_answer,
+        def answer(result: tuple[ImageInfo, list[MaskRecord]]) -> bytes:
+            found, records = result
+            record.details["masks"] = len(records)
+            _check_answer_size(records, body.mask_format, settings.max_response_bytes)
+            return automatic_answer(
                 records,
                 image_id=found.image_id,
                 model_id=model,
@@ -191,8 +213,17 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
                 mask_format=body.mask_format,
                 polygon_epsilon=epsilon,
                 warnings=warnings,
-            ),
-        )
+            )
+
+        cost = automatic_work_bytes(params, info.height, info.width)
+        _check_work(params, info.height, info.width, cost, work_ceiling)
+        if accepts_ndjson(request):
+            progressing = await start_progressing(request, admission, cost, timings, work)
+            total = automatic_batches(params)
+            stall_s = settings.body_read_timeout_s
+            return await progress_stream(record, progressing, total, answer, stall_s)
+        result, ticket = await run_admitted(request, admission, cost, timings, work)
+        return await serialise(record, ticket, partial(answer, result))
 
     return router
 
@@ -274,15 +305,12 @@ def _check_work(params: AutomaticParams, height: int, width: int, cost: int, cei
     )
 
 
-def _check_answer_size(
-    records: list[MaskRecord], mask_format: str, limit: int, ticket: Ticket
-) -> None:
+def _check_answer_size(records: list[MaskRecord], mask_format: str, limit: int) -> None:
     """Refuse an answer too large to send. Its size is known only after the work (how
     many masks pass the thresholds, how ragged they are), so say what to change."""
     estimate = estimate_answer_bytes(records, mask_format)
     if estimate <= limit:
         return
-    ticket.release()
     smaller = ", or mask_format rle" if mask_format == "polygon" else ""
     raise bad_request(
         f"The answer would hold {len(records)} masks, about {estimate / 2**20:.1f} MiB, over "

@@ -22,6 +22,7 @@ from starlette.formparsers import MultiPartException
 
 from sam2_server.api.guard import error_body
 from sam2_server.api.paths import VIDEOS_PATH
+from sam2_server.codecs.lines import error_line
 from sam2_server.errors import (
     PIPELINE_ERROR,
     Cancelled,
@@ -64,6 +65,11 @@ def headers_of(exc: ServiceError) -> dict[str, str]:
 
 def service_error_response(exc: ServiceError) -> Response:
     return json_error(status_of(exc), message_of(exc), headers_of(exc))
+
+
+def service_error_line(exc: ServiceError) -> bytes:
+    """The error as a stream's last line, once its headers are gone (`codecs.lines`)."""
+    return error_line(status_of(exc), message_of(exc))
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

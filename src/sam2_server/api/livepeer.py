@@ -22,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from sam2_server.api.admission import Admission, estimate_work_bytes
+from sam2_server.api.answers import Answers
 from sam2_server.api.deps import bearer_scheme, get_segmenter
 from sam2_server.api.native_fields import (
     POLYGON_EPSILON_SCHEMA,
@@ -56,7 +57,7 @@ STREAM_ABOVE_BYTES = 8 * 1024 * 1024
 ARRAY_FIELDS = ("point_coords", "point_labels", "box", "mask_input")
 
 
-def build_livepeer_router(settings: Settings, admission: Admission) -> APIRouter:
+def build_livepeer_router(settings: Settings, admission: Admission, answers: Answers) -> APIRouter:
     router = APIRouter()
     max_field_bytes = settings.max_field_bytes
     limits = prompt_limits(settings)
@@ -236,6 +237,7 @@ def build_livepeer_router(settings: Settings, admission: Admission) -> APIRouter
                 prediction,
                 named,
                 native_format,
+                answers,
                 return_logits=True,
                 polygon_epsilon=epsilon,
             )

@@ -12,14 +12,17 @@ shape are those of the Livepeer route (see `pipeline.py`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from sam2_server.api.admission import Admission, estimate_work_bytes
+from sam2_server.api.answers import Answers
 from sam2_server.api.deps import SegmenterDep, bearer_scheme
 from sam2_server.api.native_fields import (
     MASK_FORMAT_DESCRIPTION,
@@ -50,8 +53,8 @@ from sam2_server.api.schemas import NATIVE_RESPONSES, RequestBody
 from sam2_server.codecs.native import unpack_array
 from sam2_server.config import Settings
 from sam2_server.domain import ImageInfo, Prediction, Prompt, Timings, Work
-from sam2_server.errors import ServiceError, bad_request
-from sam2_server.prompts import PromptLimits, check_numbers, prompt_from_arrays
+from sam2_server.errors import ImageNotCached, ServiceError, bad_request
+from sam2_server.prompts import MASK_SHAPE, PromptLimits, check_numbers, prompt_from_arrays
 
 
 class ImageResponse(BaseModel):
@@ -72,6 +75,19 @@ class PackedArray(RequestBody):
     data: str = Field(..., description="base64 of the little-endian float32 bytes, C order.")
 
 
+class AnswerReference(RequestBody):
+    """An earlier answer's low-res logits, named instead of sent: the server kept them."""
+
+    answer_id: str = Field(
+        ..., max_length=128, description="The `answer_id` of an earlier answer on this image."
+    )
+    index: StrictInt | list[StrictInt] = Field(
+        ...,
+        description="Which of its candidates: k (best first), or [b, k] when it holds several "
+        "objects (boxes).",
+    )
+
+
 class SegmentRequest(RequestBody):
     """Prompts on an uploaded image, in pixels of the original image (XYXY boxes)."""
 
@@ -79,8 +95,10 @@ class SegmentRequest(RequestBody):
     points: list[Any] | None = Field(None, description="Nx2, or BxNx2 with B boxes.")
     labels: list[Any] | None = Field(None, description="N (or BxN): 1 foreground, 0 background.")
     box: list[Any] | None = Field(None, description="[x0, y0, x1, y1], or Bx4.")
-    mask_input: PackedArray | None = Field(
-        None, description="1x256x256 low-res logits, one of an earlier answer's."
+    mask_input: PackedArray | AnswerReference | None = Field(
+        None,
+        description="1x256x256 low-res logits, one of an earlier answer's: packed, or named "
+        "by that answer's answer_id and the candidate's index (the same result, exactly).",
     )
     multimask_output: bool = True
     normalize_coords: bool = True
@@ -105,6 +123,13 @@ class SegmentResponse(BaseModel):
     model_id: str
     width: int
     height: int
+    answer_id: str | None = Field(
+        ...,
+        description="Names this answer's low-res logits, kept by the server for a later "
+        "mask_input {answer_id, index} on this image (bounded, least recently used first, "
+        "dropped with the image; a 404 then says to send the packed logits). Null when the "
+        "server keeps none (ANSWER_CACHE_BYTES=0).",
+    )
     masks: list[Any] = Field(
         ...,
         description="C masks (or B lists of C), in mask_format: COCO RLE {size, counts}, "
@@ -116,7 +141,7 @@ class SegmentResponse(BaseModel):
     )
 
 
-def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
+def build_native_router(settings: Settings, admission: Admission, answers: Answers) -> APIRouter:
     # The token is checked by the guard before the body is read; this only
     # declares the bearer scheme in the schema.
     router = APIRouter(prefix=IMAGES_PATH, tags=["images"], dependencies=[Depends(bearer_scheme)])
@@ -183,7 +208,16 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
         record, model = start_by_id(request, segmenter, body.model_id, image_id)
         prompt = await run_in_threadpool(_prompt, body, limits)
         epsilon = check_polygon_epsilon(body.polygon_epsilon, body.mask_format)
-        info = await ready_image(segmenter, model, image_id)
+        try:
+            info = await ready_image(segmenter, model, image_id)
+        except ImageNotCached:
+            answers.drop_image(model, image_id)  # the answers go with their image
+            raise
+        if isinstance(body.mask_input, AnswerReference):
+            named = answers.mask_input(
+                body.mask_input.answer_id, body.mask_input.index, model, info.image_id
+            )
+            prompt = replace(prompt, mask_input=named)
         candidates = 3 if prompt.multimask_output else 1
         objects = prompt.num_objects
         record.details.update(width=info.width, height=info.height, objects=objects)
@@ -203,6 +237,7 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
             prediction,
             found,
             body.mask_format,
+            answers,
             return_logits=body.return_logits,
             polygon_epsilon=epsilon,
         )
@@ -211,10 +246,15 @@ def build_native_router(settings: Settings, admission: Admission) -> APIRouter:
 
 
 def _prompt(body: SegmentRequest, limits: PromptLimits) -> Prompt:
-    """The JSON body through the Livepeer route's checks, messages in native names."""
+    """The JSON body through the Livepeer route's checks, messages in native names.
+
+    A mask_input by reference is checked with a stand-in of its shape (the same 400s
+    as packed logits); the route puts the kept logits in its place."""
     try:
         mask = None
-        if body.mask_input is not None:
+        if isinstance(body.mask_input, AnswerReference):
+            mask = np.zeros(MASK_SHAPE, dtype=np.float32)
+        elif body.mask_input is not None:
             try:
                 mask = unpack_array(body.mask_input.model_dump())
             except ValueError as exc:

@@ -7,7 +7,6 @@ the polygon mask's shape and its `polygon_epsilon`, and the segment answer
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Annotated, Any
 
 from fastapi import Path, Request
@@ -17,6 +16,7 @@ from pydantic import BaseModel, Field
 from pydantic.config import JsonDict
 
 from sam2_server.api.admission import Ticket
+from sam2_server.api.answers import Answers
 from sam2_server.api.observe import RequestRecord
 from sam2_server.api.pipeline import require_ready, start_request
 from sam2_server.api.responses import serialise
@@ -152,21 +152,27 @@ async def segment_answer(
     prediction: Prediction,
     image: ImageInfo,
     mask_format: str,
+    answers: Answers,
     *,
     return_logits: bool,
     polygon_epsilon: float = 0.0,
 ) -> Response:
     """The native segment answer (binary masks, scores, packed logits) on `image`, as
-    both the native route and the Livepeer route's `mask_format` write it."""
-    encode = partial(
-        native_answer,
-        prediction,
-        image_id=image.image_id,
-        model_id=image.model_id,
-        width=image.width,
-        height=image.height,
-        mask_format=mask_format,
-        return_logits=return_logits,
-        polygon_epsilon=polygon_epsilon,
-    )
+    both the native route and the Livepeer route's `mask_format` write it; its logits
+    are kept in `answers` under the answer's `answer_id`."""
+
+    def encode() -> bytes:
+        answer_id = answers.keep(image.model_id, image.image_id, prediction.logits)
+        return native_answer(
+            prediction,
+            image_id=image.image_id,
+            model_id=image.model_id,
+            width=image.width,
+            height=image.height,
+            mask_format=mask_format,
+            return_logits=return_logits,
+            polygon_epsilon=polygon_epsilon,
+            answer_id=answer_id,
+        )
+
     return await serialise(record, ticket, encode)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
@@ -104,6 +104,96 @@ async def run_admitted(
     return result, ticket
 
 
+class Progressing(Generic[T]):
+    """Admitted work running in a worker thread that reports its steps as they end, for
+    an answer streamed as it goes (`responses.progress_stream`).
+
+    A client that leaves stops it as it stops `run_admitted`'s work (`cancelled()`,
+    asked before each step), and so does `release()`, called once the stream is over
+    however it ended; the admission is given back when the work has stopped, since
+    its memory is in use until then.
+    """
+
+    def __init__(
+        self,
+        task: asyncio.Future[T],
+        steps: asyncio.Queue[int],
+        gone: threading.Event,
+        ticket: Ticket,
+        watcher: asyncio.Task[None],
+    ) -> None:
+        self._task = task
+        self._steps = steps
+        self._gone = gone
+        self._ticket = ticket
+        self._watcher = watcher
+
+    async def next_step(self) -> int | None:
+        """How many steps are done, once one more has ended; None once the work has
+        ended (its `result()` is then ready), after every step it reported."""
+        if self._steps.empty() and not self._task.done():
+            waiter = asyncio.ensure_future(self._steps.get())
+            either: set[asyncio.Future[Any]] = {waiter, self._task}
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not waiter.done():
+                    waiter.cancel()  # a step not taken yet stays in the queue
+            if waiter.done():
+                return waiter.result()
+        # The worker's steps reach the loop before its end does: none is left behind.
+        return None if self._steps.empty() else self._steps.get_nowait()
+
+    def result(self) -> T:
+        """The work's answer, or its error (`ServiceError`, `Cancelled`), once it ended."""
+        return self._task.result()
+
+    def release(self) -> None:
+        """The stream is over: nobody waits for the work any more. Idempotent."""
+        self._gone.set()
+        self._watcher.cancel()
+        self._task.add_done_callback(self._finished)  # at once if it is done already
+
+    def _finished(self, task: asyncio.Future[T]) -> None:
+        if not task.cancelled():
+            task.exception()  # read: an error nobody streamed is no "never retrieved" warning
+        self._ticket.release()
+
+
+async def start_progressing(
+    request: Request,
+    admission: Admission,
+    cost: int,
+    timings: Timings,
+    work: Callable[[Callable[[], bool], Callable[[], None]], T],
+) -> Progressing[T]:
+    """Wait for `cost` bytes of budget, then start `work(cancelled, step)` in a worker
+    thread, which calls `step()` as each of its steps ends (see `Progressing`)."""
+    record = request_record(request)
+    gone = threading.Event()
+    watcher = asyncio.create_task(_watch(request.receive, gone))
+    try:
+        ticket = await _admit(admission, cost, gone)
+    except BaseException:
+        watcher.cancel()
+        raise
+    loop = asyncio.get_running_loop()
+    steps: asyncio.Queue[int] = asyncio.Queue()
+    done = 0
+
+    def step() -> None:  # in the worker thread, one step after another
+        nonlocal done
+        done += 1
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody to tell
+            loop.call_soon_threadsafe(steps.put_nowait, done)
+
+    task = asyncio.ensure_future(
+        run_in_threadpool(_guarded, lambda cancelled: work(cancelled, step), gone.is_set)
+    )
+    task.add_done_callback(lambda _: _record_timings(record, timings))
+    return Progressing(task, steps, gone, ticket, watcher)
+
+
 def _guarded(work: Callable[[Callable[[], bool]], T], cancelled: Callable[[], bool]) -> T:
     """As in the reference, a failure the engine did not classify is logged with
     its details and answered with the generic message only."""
@@ -134,17 +224,18 @@ async def _watch_disconnect(receive: Receive) -> AsyncIterator[threading.Event]:
     disconnect; work that has not started yet is then abandoned.
     """
     gone = threading.Event()
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.set()
-
-    task = asyncio.create_task(watch())
+    task = asyncio.create_task(_watch(receive, gone))
     try:
         yield gone
     finally:
         task.cancel()
+
+
+async def _watch(receive: Receive, gone: threading.Event) -> None:
+    """Set `gone` when the client disconnects (the body is read: nothing else can come)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
 
 
 async def _admit(admission: Admission, cost: int, gone: threading.Event) -> Ticket:

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, Depends, File, Form, Path, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
@@ -25,7 +24,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from sam2_server.api.admission import Admission, Ticket
 from sam2_server.api.deps import SegmenterDep, bearer_scheme
-from sam2_server.api.errors import message_of, status_of
+from sam2_server.api.errors import service_error_line
 from sam2_server.api.native_fields import (
     MASK_FORMAT_DESCRIPTION,
     POLYGON_EPSILON_DESCRIPTION,
@@ -256,8 +255,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
                     yield await run_in_threadpool(frame_line, frame, body.mask_format, epsilon)
             except ServiceError as exc:
                 # Headers are gone: the stream ends with an error line instead.
-                error = {"status": status_of(exc), "msg": message_of(exc)}
-                yield orjson.dumps({"error": error}) + b"\n"
+                yield service_error_line(exc)
             finally:
                 record.details["frames"] = count
                 record.stages["propagate"] = time.perf_counter() - started

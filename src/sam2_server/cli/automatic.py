@@ -24,6 +24,7 @@ One summary line on stdout. Failures: one line on stderr, exit status 2.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -42,15 +43,15 @@ from sam2_server.cli.common import (
     as_model_saw_it,
     counted,
     make_output,
+    progress_bar,
     read_image,
     run_command,
     service_errors,
-    spinner,
     writing_to,
 )
 from sam2_server.cli.overlay import distinct_colours, overlay
-from sam2_server.domain import AUTOMATIC_PARAM_NAMES, AutomaticParams
-from sam2_server.prompts import check_automatic
+from sam2_server.domain import AUTOMATIC_PARAM_NAMES, AutomaticParams, Work
+from sam2_server.prompts import automatic_batches, check_automatic
 
 if TYPE_CHECKING:
     from sam2_server.client import AutomaticMask
@@ -180,9 +181,10 @@ def automatic_remote(
     with (
         target.remote_errors(url),
         Client(url, token, timeout=timeout) as client,
-        spinner(f"generating masks on {url}"),
+        progress_bar(f"generating masks on {url}", "batch") as progress,
     ):
-        return client.automatic_masks(image_bytes, model_id=model_id, **options)
+        # On a terminal, the answer streams as NDJSON: a line per batch of grid points.
+        return client.automatic_masks(image_bytes, model_id=model_id, progress=progress, **options)
 
 
 def automatic_local(
@@ -203,9 +205,12 @@ def automatic_local(
     params = AutomaticParams(**options)
     for warning in engine.automatic_warnings(params):
         print(f"sam2-server {COMMAND}: warning: {warning}", file=sys.stderr)
-    with service_errors(), spinner("generating masks"):
+    with service_errors(), progress_bar("generating masks", "batch") as progress:
         image = engine.add_image(model, image_bytes)
-        _, records = engine.automatic_masks(model, image.image_id, params)
+        total, done = automatic_batches(params), itertools.count(1)
+        batch_done = None if progress is None else lambda _points: progress(next(done), total)
+        work = Work(progress=batch_done)
+        _, records = engine.automatic_masks(model, image.image_id, params, work)
     masks = []
     for record in records:  # the library's record, field for field, the segmentation decoded
         values = {name: getattr(record, name) for name in MASK_RECORD_FIELDS}

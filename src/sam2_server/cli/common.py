@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -191,15 +191,55 @@ def spinner(description: str) -> Iterator[None]:
         disable=None,
         leave=False,
     )
+    frames = itertools.cycle("|/-\\")
+    with _every(0.1, lambda: bar.set_description_str(f"{next(frames)} {description}"), bar):
+        yield
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, unit: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr for work counted in steps (`unit`s): yields
+    `update(done, total)`, or None when stderr is no terminal (then nothing is shown,
+    and the caller need not ask for progress at all). Until the first count, and
+    between counts, the elapsed time keeps running; tqdm estimates what remains
+    from the rate so far."""
+    from tqdm import tqdm
+
+    bar = tqdm(
+        desc=description,
+        unit=f" {unit}",
+        file=sys.stderr,
+        disable=None,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    lock = threading.Lock()
+
+    def update(done: int, total: int) -> None:
+        with lock:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    def tick() -> None:
+        with lock:
+            bar.refresh()  # the elapsed time, while a step takes long
+
+    with _every(0.5, tick, bar):
+        yield None if bar.disable else update
+
+
+@contextlib.contextmanager
+def _every(seconds: float, action: Callable[[], object], bar: Any) -> Iterator[None]:
+    """`action()` every `seconds` in a thread while the block runs (unless the tqdm `bar`
+    is disabled: no terminal), then the bar closed."""
     stop = threading.Event()
 
-    def spin() -> None:
-        for frame in itertools.cycle("|/-\\"):
-            if stop.wait(0.1):
-                return
-            bar.set_description_str(f"{frame} {description}")
+    def run() -> None:
+        while not stop.wait(seconds):
+            action()
 
-    thread = threading.Thread(target=spin, name="predict-spinner", daemon=True)
+    thread = threading.Thread(target=run, name="cli-progress", daemon=True)
     if not bar.disable:
         thread.start()
     try:

@@ -10,6 +10,7 @@ Livepeer runner's route) is made here once, and each transport (`_async`, and
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import mimetypes
 import os
 import re
@@ -22,15 +23,18 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 import httpx
+import numpy as np
 
 from ._errors import Sam2Error, error_of
 from ._inputs import Frames, VideoFile, _content_type, _Image, _read_video, frame_files
-from ._wire import _Answer, _Prompt
+from ._wire import Result, _Answer, _Prompt
 
 DEFAULT_TIMEOUT = 120.0  # a large model's first encode on a CPU takes tens of seconds
 VIDEOS_PATH = "/v1/videos"
 
 _KNOWN_IDS = 1024  # (model, image id) pairs remembered as being on the server
+_KNOWN_ANSWERS = 1024  # answers' candidates remembered by their logits' digest
+NDJSON = "application/x-ndjson"
 
 # A session whose propagation this client just left stays busy on the server until the
 # frame in flight is computed (its 409 says `Retry-After`): the session's calls wait that
@@ -57,10 +61,17 @@ class _Call:
     )
     data: dict[str, str] | None = None
     wait_s: float = 0.0  # how long the driver pauses before sending (a busy session's retry)
+    accept: str | None = None  # the answer's media type, when not JSON
+    # A 2xx answer is handed to the flow unread, to be read as it streams (others are
+    # read whole, for their error message).
+    stream: bool = False
 
     @property
     def headers(self) -> dict[str, str] | None:
-        return {"Content-Type": "application/json"} if self.content is not None else None
+        headers = {"Content-Type": "application/json"} if self.content is not None else {}
+        if self.accept is not None:
+            headers["Accept"] = self.accept
+        return headers or None
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         """This call as `http`'s request (its base URL, headers and timeout), for `send`:
@@ -77,6 +88,7 @@ class _Call:
 
 
 _Flow: TypeAlias = Generator[_Call, httpx.Response, _T]
+_Reference: TypeAlias = tuple[str, list[int]]  # an answer_id, and [b, k] in that answer
 
 
 @dataclass
@@ -88,12 +100,16 @@ class _State:
     images: the bytes of the last images sent, to upload again after an
     eviction and, on a Livepeer runner, to prompt an image by id at all.
     known: (model, image id) pairs the server had at last contact.
+    answers: the server's answers' candidates, by (model, image id, digest of the
+    candidate's logits): the `answer_id` and index that name them on the server, so
+    that a `mask_input` equal to one of them is sent by reference.
     """
 
     keep_images: int
     native: bool | None = None
     images: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     known: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
+    answers: OrderedDict[tuple[str, str, bytes], _Reference] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def remember(self, image: _Image) -> None:
@@ -121,6 +137,52 @@ class _State:
     def is_known(self, key: tuple[str, str]) -> bool:
         with self.lock:
             return key in self.known
+
+    def name_candidates(self, model_id: str | None, result: Result) -> None:
+        """Remember what names each candidate of `result` on the server (its answer_id)."""
+        if result.answer_id is None:
+            return
+        logits = result.logits if result.logits.ndim == 4 else result.logits[None]
+        named = [
+            ((model_id or "", result.image_id, _digest(logits[b, k])), (result.answer_id, [b, k]))
+            for b in range(logits.shape[0])
+            for k in range(logits.shape[1])
+        ]
+        with self.lock:
+            for key, reference in named:
+                self.answers[key] = reference
+                self.answers.move_to_end(key)
+            while len(self.answers) > _KNOWN_ANSWERS:
+                self.answers.popitem(last=False)
+
+    def reference(self, prompt: _Prompt, image_id: str) -> _Reference | None:
+        """The answer_id and index naming `prompt`'s mask_input on the server, if this
+        client was given exactly those logits for this image and model."""
+        if prompt.mask_input is None:
+            return None
+        key = (prompt.model_id or "", image_id, _digest(prompt.mask_input[0]))
+        with self.lock:
+            return self.answers.get(key)
+
+    def forget_reference(self, prompt: _Prompt, image_id: str) -> None:
+        """The server no longer keeps that answer: its logits travel packed from now on."""
+        assert prompt.mask_input is not None
+        key = (prompt.model_id or "", image_id, _digest(prompt.mask_input[0]))
+        with self.lock:
+            self.answers.pop(key, None)
+
+
+def _digest(logits: np.ndarray) -> bytes:
+    """A 256 x 256 candidate's identity: its exact float32 bytes, hashed."""
+    data = np.ascontiguousarray(logits, dtype="<f4").tobytes()
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _decoded(state: _State, answer: _Answer) -> Result:
+    """The answer as a `Result` (the CPU-heavy part), its candidates remembered by name."""
+    result = answer.result()
+    state.name_candidates(answer.model_id, result)
+    return result
 
 
 # -- images --------------------------------------------------------------------------------
@@ -196,8 +258,23 @@ def _segment_flow(
     state: _State, image: _Image | None, image_id: str, prompt: _Prompt
 ) -> _Flow[_Answer]:
     """Segment on the native API (see `_image_flow`); a missing upload route switches this
-    client to the Livepeer route for good."""
-    call = _Call("POST", f"/v1/images/{image_id}/segment", content=prompt.native_body())
+    client to the Livepeer route for good.
+
+    A mask_input that is exactly a candidate this client was given for this image and
+    model goes by reference (its answer_id and index: a few bytes instead of 350 kB);
+    when the server no longer keeps it (a 404), the logits are sent packed, once."""
+    path = f"/v1/images/{image_id}/segment"
+    reference = state.reference(prompt, image_id) if state.native else None
+    if reference is not None:
+        named = yield _Call("POST", path, content=prompt.native_body(reference))
+        if named.status_code == 200:
+            state.mark((prompt.model_id or "", image_id), True)
+            return _Answer(False, named.json(), image_id, prompt.model_id)
+        if named.status_code != 404 or _route_missing(named):
+            raise error_of(named)
+        # Evicted, or gone with its image: the packed logits (and the image, if need be).
+        state.forget_reference(prompt, image_id)
+    call = _Call("POST", path, content=prompt.native_body())
     image, response = yield from _image_flow(state, image, image_id, prompt.model_id, call)
     if response is None:
         return (yield from _livepeer_flow(image, image_id, prompt))
@@ -205,10 +282,18 @@ def _segment_flow(
 
 
 def _automatic_flow(
-    state: _State, image: _Image | None, image_id: str, model_id: str | None, body: bytes
-) -> _Flow[dict[str, Any]]:
-    """Automatic masks on the native API (see `_image_flow`); a Livepeer runner has none."""
-    call = _Call("POST", f"/v1/images/{image_id}/automatic-masks", content=body)
+    state: _State,
+    image: _Image | None,
+    image_id: str,
+    model_id: str | None,
+    body: bytes,
+    progress: bool = False,
+) -> _Flow[httpx.Response]:
+    """Automatic masks on the native API (see `_image_flow`); a Livepeer runner has none.
+    With `progress`, the 200 is NDJSON (progress lines, then the result), handed over
+    unread; without, a JSON answer, read."""
+    path = f"/v1/images/{image_id}/automatic-masks"
+    call = _Call("POST", path, content=body, accept=NDJSON if progress else None, stream=progress)
     _, response = yield from _image_flow(state, image, image_id, model_id, call)
     if response is None:
         raise Sam2Error(
@@ -216,8 +301,7 @@ def _automatic_flow(
             "automatic masks need sam2-server's native API (/v1); this server has only "
             "POST /segment-anything-2 (a Livepeer runner)",
         )
-    answer: dict[str, Any] = response.json()
-    return answer
+    return response
 
 
 def _route_missing(response: httpx.Response) -> bool:
@@ -397,7 +481,7 @@ class _VideoBase:
         return _Call("POST", f"{self._path}/prompts", content=body)
 
     def _propagate_call(self, body: bytes) -> _Call:
-        return _Call("POST", f"{self._path}/propagate", content=body)
+        return _Call("POST", f"{self._path}/propagate", content=body, stream=True)
 
     def _objects_call(self) -> _Call:
         return _Call("GET", self._path)

@@ -25,6 +25,7 @@ from ._core import (
     _Base,
     _Call,
     _close_video_flow,
+    _decoded,
     _expect_flow,
     _Flow,
     _segment_flow,
@@ -33,12 +34,14 @@ from ._core import (
     _video_flow,
     _VideoBase,
 )
+from ._errors import Sam2Error
 from ._inputs import Frames, ImageLike, VideoFile, _Image, _resolve
 from ._wire import (
     AutomaticMask,
     Result,
     VideoFrame,
     _automatic_body,
+    _automatic_line,
     _frame_line,
     _Prompt,
     _propagate_body,
@@ -147,7 +150,10 @@ class Client(_Base, _Closing):
 
         points: N x 2 pixels (x, y), or B x N x 2 with B boxes; labels: N (or B x N),
         1 foreground, 0 background, all 1 when omitted; box: [x0, y0, x1, y1] or B x 4;
-        mask_input: 256 x 256 or 1 x 256 x 256 logits, e.g. an earlier `Result.logits[0]`.
+        mask_input: 256 x 256 or 1 x 256 x 256 logits, e.g. an earlier `Result.logits[0]`;
+        when they are exactly one of the candidates this client got for this image and
+        model, they go by reference (the answer's `answer_id` and the index: a few bytes,
+        the same result), and packed only if the server no longer keeps them (a 404).
         Raises `Sam2Error` with the server's message for any error answer.
         """
         prompt = _Prompt.of(
@@ -155,10 +161,14 @@ class Client(_Base, _Closing):
         )
         image, image_id = _offload(_resolve, image_or_id)
         answer = self._run(_segment_flow(self._state, image, image_id, prompt))
-        return _offload(answer.result)
+        return _offload(_decoded, self._state, answer)
 
     def automatic_masks(
-        self, image_or_id: ImageLike, model_id: str | None = None, **options: Any
+        self,
+        image_or_id: ImageLike,
+        model_id: str | None = None,
+        progress: Callable[[int, int], object] | None = None,
+        **options: Any,
     ) -> list[AutomaticMask]:
         """Every mask SAM2's automatic generator finds on an image (uploaded only if the
         server lacks it) or an uploaded image's id, in the library's order.
@@ -169,11 +179,36 @@ class Client(_Base, _Closing):
         `TypeError`. Each mask's `segmentation` is bool H x W. Raises `Sam2Error` with the
         server's message (a 400 names a parameter out of its range), also against a
         Livepeer runner, which has no automatic masks.
+
+        `progress(done, total)` is called as the server ends each of the `total` batches
+        of grid points (the answer then streams as NDJSON); an exception it raises (say,
+        KeyboardInterrupt) closes the connection, which stops the server's work.
         """
         body = _automatic_body(model_id, dict(options))
         image, image_id = _offload(_resolve, image_or_id)
-        answer = self._run(_automatic_flow(self._state, image, image_id, model_id, body))
+        flow = _automatic_flow(
+            self._state, image, image_id, model_id, body, progress=progress is not None
+        )
+        response = self._run(flow)
+        answer: dict[str, Any] = (
+            response.json() if progress is None else self._progress_answer(response, progress)
+        )
         return _offload(decode_automatic, answer)
+
+    def _progress_answer(
+        self, response: httpx.Response, progress: Callable[[int, int], object]
+    ) -> dict[str, Any]:
+        """Read an NDJSON answer: `progress` for each progress line, then its result."""
+        try:
+            for line in response.iter_lines():
+                item = _offload(_automatic_line, line)
+                if isinstance(item, tuple):
+                    progress(*item)
+                elif item is not None:
+                    return item
+        finally:
+            response.close()
+        raise Sam2Error(response.status_code, "the answer ended before its result line")
 
     def open_video(
         self,
@@ -197,27 +232,30 @@ class Client(_Base, _Closing):
         response = self._run(_expect_flow(call, 201))
         return VideoSession(self, response.json())
 
-    def _run(self, flow: _Flow[_T], *, stream: bool = False) -> _T:
+    def _run(self, flow: _Flow[_T]) -> _T:
         """Drive a flow: send each call it yields (after the pause it asks for) and hand it
         the response, until it returns.
 
-        With `stream`, a successful response is handed over unread (a propagation reads
-        it line by line) and any other is read whole, for the flow to read its error; a
-        response the flow answers with another call is closed.
+        A call marked `stream` has a successful response handed over unread (a
+        propagation, or progress, is read line by line) and any other read whole, for
+        the flow to read its error; such a response that the flow answers with another
+        call is closed.
         """
         response: httpx.Response | None = None
+        streamed = False
         while True:
             try:
                 call = next(flow) if response is None else flow.send(response)
             except StopIteration as done:
                 result: _T = done.value
                 return result
-            if response is not None and stream:
+            if response is not None and streamed:
                 response.close()
             if call.wait_s > 0:
                 _sleep(call.wait_s)
-            response = self._http.send(call.request(self._http), stream=stream)
-            if stream and not response.is_success:
+            streamed = call.stream
+            response = self._http.send(call.request(self._http), stream=streamed)
+            if streamed and not response.is_success:
                 response.read()
 
     def close(self) -> None:
@@ -339,7 +377,7 @@ class Propagation(Iterator[VideoFrame], _Closing, _ClosedWhenCollected):
     def _start(self) -> Iterator[str]:
         # A busy session just after a propagation was left is waited for, as for any call.
         flow = _video_flow(self._session, self._call)
-        response = self._session._client._run(flow, stream=True)
+        response = self._session._client._run(flow)
         self._response = response
         return response.iter_lines()
 

@@ -40,6 +40,9 @@ class Result:
         them (`logits[0]`) is the `mask_input` of a follow-up prompt.
     image_id: the SHA-256 of the image's bytes, to prompt it again by id.
     model_id: the model that answered (None when a Livepeer runner did not say).
+    answer_id: the name under which the server keeps `logits` (None from a Livepeer
+        runner, or a server that keeps none). The client sends a `mask_input` equal to
+        one of them by that name instead of its 256 kB of floats (see `Client.segment`).
     """
 
     image_id: str
@@ -47,6 +50,7 @@ class Result:
     scores: np.ndarray
     logits: np.ndarray
     model_id: str | None = None
+    answer_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,9 @@ class _Prompt:
             model_id=model_id or None,
         )
 
-    def native_body(self) -> bytes:
-        """The native route's JSON: COCO RLE masks and packed float32 logits back."""
+    def native_body(self, reference: tuple[str, list[int]] | None = None) -> bytes:
+        """The native route's JSON: COCO RLE masks and packed float32 logits back; the
+        mask_input as `reference` (an answer_id and [b, k]) when given, else packed."""
         body: dict[str, Any] = {
             "multimask_output": self.multimask_output,
             "normalize_coords": self.normalize_coords,
@@ -100,7 +105,9 @@ class _Prompt:
         for name, value in (("points", self.points), ("labels", self.labels), ("box", self.box)):
             if value is not None:
                 body[name] = value.tolist()
-        if self.mask_input is not None:
+        if reference is not None:
+            body["mask_input"] = {"answer_id": reference[0], "index": reference[1]}
+        elif self.mask_input is not None:
             body["mask_input"] = pack(self.mask_input)
         return orjson.dumps(body)
 
@@ -164,6 +171,7 @@ class _Answer:
             scores=np.asarray(self.body["scores"], dtype=np.float32),
             logits=unpack(self.body["logits"]),
             model_id=self.body.get("model_id", self.model_id),
+            answer_id=self.body.get("answer_id"),
         )
 
 
@@ -237,6 +245,19 @@ def _automatic_body(model_id: str | None, options: dict[str, Any]) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def _automatic_line(line: str) -> tuple[int, int] | dict[str, Any] | None:
+    """One NDJSON line of automatic masks: (done, total) for a progress line, the answer
+    for the result line, None for a blank line; an error line raises its `Sam2Error`."""
+    if not line.strip():
+        return None
+    data = orjson.loads(line)
+    _raise_error_line(data)
+    if "progress" in data:
+        return int(data["progress"]["done"]), int(data["progress"]["total"])
+    result: dict[str, Any] = data["result"]
+    return result
+
+
 def decode_automatic(answer: dict[str, Any]) -> list[AutomaticMask]:
     """An automatic-masks answer's records, segmentations decoded from COCO RLE."""
     records = answer["masks"]
@@ -295,11 +316,16 @@ def _propagate_body(start_frame_index: int | None, max_frames: int | None, rever
     )
 
 
-def decode_frame(answer: dict[str, Any]) -> VideoFrame:
-    """A prompt answer or one propagation line; an error line raises its `Sam2Error`."""
-    error = answer.get("error")
+def _raise_error_line(line: dict[str, Any]) -> None:
+    """A stream's error line (`{"error": {"status", "msg"}}`) as its `Sam2Error`."""
+    error = line.get("error")
     if isinstance(error, dict):
         raise Sam2Error(int(error.get("status", 500)), str(error.get("msg", "error")))
+
+
+def decode_frame(answer: dict[str, Any]) -> VideoFrame:
+    """A prompt answer or one propagation line; an error line raises its `Sam2Error`."""
+    _raise_error_line(answer)
     objects = answer["objects"]
     masks = decode_masks([o["mask"] for o in objects]) if objects else ()
     return VideoFrame(

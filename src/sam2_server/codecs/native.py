@@ -116,17 +116,20 @@ def native_answer(
     mask_format: str,
     return_logits: bool,
     polygon_epsilon: float = 0.0,
+    answer_id: str | None = None,
 ) -> bytes:
     """The segment answer of the native API (and of the Livepeer route with `mask_format`).
 
     Masks are binary, as `SAM2ImagePredictor.predict(return_logits=False)`
-    gives them: the pixels whose logits are > 0.
+    gives them: the pixels whose logits are > 0. `answer_id` names the logits the
+    server keeps for `mask_input` by reference (null when it keeps none).
     """
     answer: dict[str, Any] = {
         "image_id": image_id,
         "model_id": model_id,
         "width": width,
         "height": height,
+        "answer_id": answer_id,
         "masks": encode_masks(prediction.masks > 0, mask_format, polygon_epsilon),
         "scores": prediction.scores.astype(np.float32),
     }

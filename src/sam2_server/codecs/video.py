@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from sam2_server.codecs.lines import json_line
 from sam2_server.codecs.native import encode_mask
 from sam2_server.domain import FrameMasks, VideoInfo
 
@@ -36,7 +37,7 @@ def frame_answer(frame: FrameMasks, mask_format: str, epsilon: float = 0.0) -> b
 
 def frame_line(frame: FrameMasks, mask_format: str, epsilon: float = 0.0) -> bytes:
     """One line of the propagation stream (`application/x-ndjson`)."""
-    return orjson.dumps(frame_fields(frame, mask_format, epsilon), option=_NUMPY) + b"\n"
+    return json_line(frame_fields(frame, mask_format, epsilon), option=_NUMPY)
 
 
 def video_fields(info: VideoInfo, *, objects: bool = True) -> dict[str, Any]:

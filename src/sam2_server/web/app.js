@@ -4,6 +4,10 @@
 // so undo shows the earlier answer again without asking the server.
 // "Segment everything" is a step of that history too: prompts after it start
 // afresh on top of it, and undo comes back to its masks.
+// A refining click names the earlier answer's candidate (`answer_id`, index)
+// instead of sending its low-res logits, and asks for no logits back: a few
+// hundred bytes up, the masks down. Only when the server no longer keeps that
+// answer (a 404) are its logits sent packed, asked for again if need be.
 // Video mode (video.js) has its own state and tools; the tabs (or I / V) switch
 // between the two, and each keeps its work while the other is shown.
 
@@ -31,6 +35,9 @@ const ui = {
   clear: $("clear"),
   candidates: $("candidates"),
   everything: $("everything"),
+  everythingStop: $("everything-stop"),
+  everythingProgress: $("everything-progress"),
+  everythingLabel: $("everything-label"),
   detail: $("detail"),
   download: $("download"),
   status: $("status"),
@@ -55,6 +62,9 @@ const state = {
   everything: null, // the Segment everything step whose request is in flight
   everythingAbort: null, // its AbortController: dropping the step closes the request
   shown: 0, // render sequence, so a slow decode never overwrites a newer one
+  // Whether the server keeps answers for mask_input by reference (null: not known yet;
+  // false: answers come without answer_id, so their logits are asked for instead).
+  keepsAnswers: null,
 };
 
 const api = new Api(() => ui.token.value.trim(), report);
@@ -70,7 +80,8 @@ class Superseded extends Error {}
 
 function emptyEntry() {
   // `automatic`: only on a Segment everything step, {body, answer, report, overlay, visible}.
-  return { prompts: [], result: null, chosen: 0, automatic: null };
+  // `request`: the segment request sent for this step ({body, from}), to ask again.
+  return { prompts: [], result: null, chosen: 0, automatic: null, request: null };
 }
 
 function current() {
@@ -215,7 +226,9 @@ async function segment() {
       const entry = current();
       if (!entry.prompts.length || entry.result) break;
       // The body is built once the upload has answered: it names the upload's model.
-      const answer = await onImage((image) => api.segment(image.imageId, requestFor(entry)));
+      await ensureUploaded();
+      entry.request = requestFor(entry);
+      const answer = await send(entry.request);
       entry.result = resultOf(answer);
       if (entry === current()) render();
     } while (state.pending);
@@ -240,9 +253,12 @@ async function onImage(call) {
 }
 
 /**
- * The JSON prompt for `entry`: its points and its last box, in image pixels.
+ * The segment request for `entry`: `body`, its points and its last box in image
+ * pixels, and `from`, the earlier answer it refines ({entry, index}, or null).
  * A single point is ambiguous, so it asks for three candidates; later prompts
- * refine the chosen candidate of the answer before (its low-res logits).
+ * refine the chosen candidate of the answer before, named by reference (the
+ * server keeps its low-res logits). No logits come back: the page needs them
+ * only from a server that keeps no answers.
  */
 function requestFor(entry) {
   const points = entry.prompts.filter((p) => p.point);
@@ -250,7 +266,7 @@ function requestFor(entry) {
   const body = {
     model_id: state.modelId || undefined,
     mask_format: "png",
-    return_logits: true,
+    return_logits: state.keepsAnswers === false,
     multimask_output: points.length === 1 && boxes.length === 0,
   };
   if (points.length) {
@@ -262,12 +278,53 @@ function requestFor(entry) {
   for (let i = index - 1; i > 0; i--) {
     const earlier = state.history[i];
     if (earlier.automatic) break; // the prompts started afresh there
-    if (earlier.result && earlier.result.logits) {
-      body.mask_input = candidateMaskInput(earlier.result.logits, earlier.chosen);
-      break;
+    if (earlier.result) {
+      const { answerId, logits } = earlier.result;
+      if (answerId) body.mask_input = { answer_id: answerId, index: earlier.chosen };
+      else if (logits) body.mask_input = candidateMaskInput(logits, earlier.chosen);
+      return { body, from: { entry: earlier, index: earlier.chosen } };
     }
   }
-  return body;
+  return { body, from: null };
+}
+
+/**
+ * POST a segment request ({body, from}, see requestFor). When its mask_input
+ * names an answer the server no longer keeps (a 404: evicted, restarted, or gone
+ * with its image), the same prompt goes once more with that candidate's logits
+ * packed; the page asks for them again if it has none (logitsOf). An image the
+ * server evicted is uploaded again (onImage).
+ */
+async function send({ body, from }) {
+  if (from && body.mask_input && body.mask_input.answer_id) {
+    const image = await ensureUploaded();
+    try {
+      return await api.segment(image.imageId, body);
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 404) throw error;
+    }
+    body = { ...body, mask_input: null };
+  }
+  if (from && !body.mask_input) {
+    body = { ...body, mask_input: candidateMaskInput(await logitsOf(from.entry), from.index) };
+  }
+  return onImage((image) => api.segment(image.imageId, body));
+}
+
+/**
+ * An earlier answer's low-res logits: kept (a server that keeps no answers sends
+ * them), or asked for again with that step's own request and return_logits, which
+ * gives the same answer, logits included.
+ */
+async function logitsOf(entry) {
+  if (!entry.result.logits) {
+    const { body, from } = entry.request;
+    const answer = await send({ body: { ...body, return_logits: true }, from });
+    if (!answer.logits) throw new Error("The server sent no logits to refine with.");
+    entry.result.logits = decodePacked(answer.logits);
+    if (typeof answer.answer_id === "string") entry.result.answerId = answer.answer_id; // kept anew
+  }
+  return entry.result.logits;
 }
 
 /** The Detail select's grid, over whatever the page's address gives. */
@@ -285,10 +342,13 @@ function resultOf(answer) {
   // One object: masks is C masks (B lists of C only with several boxes).
   const masks = Array.isArray(answer.masks[0]) ? answer.masks[0] : answer.masks;
   const scores = Array.isArray(answer.scores[0]) ? answer.scores[0] : answer.scores;
+  const answerId = typeof answer.answer_id === "string" ? answer.answer_id : null;
+  state.keepsAnswers = answerId !== null;
   return {
     masks,
     scores,
     report: answer[REPORT],
+    answerId, // names the logits on the server, for the next refining click
     logits: answer.logits ? decodePacked(answer.logits) : null,
     width: answer.width,
     height: answer.height,
@@ -301,10 +361,12 @@ function resultOf(answer) {
 /**
  * Every mask of the image, as one step of `history`, pushed at once: prompts
  * added while it runs go on top of it (the answer then waits for an undo).
- * Clear, an undo of the step, or another image drops it: its request is
+ * Stop, Clear, an undo of the step, or another image drops it: its request is
  * aborted (the server stops computing when the connection closes), shows no
  * error, and an answer that still comes is never drawn. It can take a while
- * (the grid is points_per_side² prompts), so the button counts seconds.
+ * (the grid is points_per_side² prompts), so the button counts seconds and a
+ * bar counts the batches of points the server has done (its NDJSON progress),
+ * with the time left at the rate so far.
  */
 async function segmentEverything() {
   if (!state.image || state.everything) return;
@@ -317,16 +379,25 @@ async function segmentEverything() {
   render();
   showBusy();
   const started = performance.now();
+  const progress = { done: 0, total: 0, firstAt: 0, at: 0, started };
   const tick = () => {
     if (state.everything !== entry) return;
     ui.everything.textContent = `Segmenting… ${Math.floor((performance.now() - started) / 1000)} s`;
+    showProgress(progress);
   };
   tick();
   const timer = setInterval(tick, 1000);
+  const onProgress = (done, total) => {
+    if (state.everything !== entry) return;
+    const now = performance.now();
+    if (!progress.firstAt) progress.firstAt = now;
+    Object.assign(progress, { done, total, at: now });
+    showProgress(progress);
+  };
   try {
     const answer = await onImage((image) => {
       entry.automatic.body = automaticBody();
-      return api.automaticMasks(image.imageId, entry.automatic.body, abort.signal);
+      return api.automaticMasks(image.imageId, entry.automatic.body, abort.signal, onProgress);
     });
     if (abort.signal.aborted || !state.history.includes(entry)) return; // nobody wants it
     let drawn;
@@ -357,7 +428,52 @@ function dropEverything() {
   state.everythingAbort = null;
   state.everything = null;
   ui.everything.textContent = "Segment everything";
+  showProgress(null);
   showBusy();
+}
+
+/** Stop: Segment everything's step is dropped (the server stops), the page as it was before. */
+function stopEverything() {
+  const entry = state.everything;
+  if (!entry) return;
+  const at = state.history.indexOf(entry);
+  const last = at === state.history.length - 1;
+  dropEverything();
+  if (at >= 0) state.history.splice(at, 1);
+  render({ undone: last });
+  if (last && !current().result && current().prompts.length) segment();
+}
+
+/**
+ * The bar of batches done ({done, total, firstAt, at, started}; null hides it)
+ * and the time left at the rate so far: the batches after the first (which also
+ * waited for the request and its admission), or the first alone.
+ */
+function showProgress(progress) {
+  const running = progress !== null;
+  ui.everythingProgress.hidden = !running;
+  ui.everythingStop.hidden = !running;
+  if (!running) {
+    ui.everythingLabel.textContent = "";
+    return;
+  }
+  const { done, total } = progress;
+  ui.everythingProgress.max = Math.max(total, 1);
+  if (!total) {
+    ui.everythingProgress.removeAttribute("value"); // indeterminate until the first batch ends
+    ui.everythingLabel.textContent = "waiting for the first batch of points…";
+    return;
+  }
+  ui.everythingProgress.value = done;
+  const each = done > 1 ? (progress.at - progress.firstAt) / (done - 1) : progress.at - progress.started;
+  const left = Math.max(0, (total - done) * each - (performance.now() - progress.at));
+  const estimate = done < total ? ` · about ${duration(left)} left` : " · writing the masks";
+  ui.everythingLabel.textContent = `${done} / ${total} batches${estimate}`;
+}
+
+function duration(ms) {
+  const seconds = Math.max(1, Math.round(ms / 1000));
+  return seconds < 90 ? `${seconds} s` : `${Math.round(seconds / 60)} min`;
 }
 
 function showEverything(automatic) {
@@ -565,6 +681,7 @@ function wire() {
   ui.clear.addEventListener("click", clearPrompts);
   ui.download.addEventListener("click", downloadMask);
   ui.everything.addEventListener("click", segmentEverything);
+  ui.everythingStop.addEventListener("click", stopEverything);
 
   let depth = 0;
   window.addEventListener("dragenter", (event) => {

@@ -4,20 +4,12 @@
 // server's own message, status and Retry-After; `Api.call` (api.js) does the
 // JSON calls, so each reports its bytes and time like the image page's.
 
-import { ApiError, errorMessage } from "./api.js";
+import { ApiError, errorMessage, parse, withRetry } from "./api.js";
 
 export class VideoApi {
   /** @param {import("./api.js").Api} api the token and the report callback; JSON calls go through it */
   constructor(api) {
     this.api = api;
-  }
-
-  headers(contentType) {
-    const headers = {};
-    const token = this.api.getToken();
-    if (token) headers.Authorization = `Bearer ${token}`;
-    if (contentType) headers["Content-Type"] = contentType;
-    return headers;
   }
 
   /**
@@ -34,7 +26,7 @@ export class VideoApi {
       const xhr = new XMLHttpRequest();
       const started = performance.now();
       xhr.open("POST", "v1/videos");
-      for (const [name, value] of Object.entries(this.headers())) xhr.setRequestHeader(name, value);
+      for (const [name, value] of Object.entries(this.api.headers())) xhr.setRequestHeader(name, value);
       xhr.responseType = "text";
       xhr.upload.addEventListener("progress", (event) => {
         if (onProgress) onProgress(event.loaded, event.lengthComputable ? event.total : size);
@@ -89,7 +81,7 @@ export class VideoApi {
   async close(videoId) {
     let response;
     try {
-      response = await fetch(path(videoId), { method: "DELETE", headers: this.headers(), cache: "no-store" });
+      response = await fetch(path(videoId), { method: "DELETE", headers: this.api.headers(), cache: "no-store" });
     } catch (error) {
       throw new ApiError(0, `Could not reach the server (${error.message}).`);
     }
@@ -101,7 +93,7 @@ export class VideoApi {
   /** Close the session as the page goes away: a keepalive request outlives the page. */
   closeOnExit(videoId) {
     try {
-      fetch(path(videoId), { method: "DELETE", headers: this.headers(), keepalive: true, cache: "no-store" }).catch(
+      fetch(path(videoId), { method: "DELETE", headers: this.api.headers(), keepalive: true, cache: "no-store" }).catch(
         () => {},
       );
     } catch {
@@ -117,69 +109,13 @@ export class VideoApi {
    * the AbortError.
    */
   async propagate(videoId, body, onFrame, signal) {
-    const text = JSON.stringify(body);
-    const started = performance.now();
-    let response;
-    try {
-      response = await fetch(`${path(videoId)}/propagate`, {
-        method: "POST",
-        headers: { ...this.headers("application/json"), Accept: "application/x-ndjson" },
-        body: text,
-        cache: "no-store",
-        signal,
-      });
-    } catch (error) {
-      if (signal && signal.aborted) throw error;
-      throw new ApiError(0, `Could not reach the server (${error.message}).`);
-    }
-    let received = 0;
-    const report = (status) =>
-      this.api.onReport({ what: "propagate", status, sent: text.length, received, ms: performance.now() - started });
-    if (!response.ok) {
-      const answer = await response.text();
-      received = answer.length;
-      report(response.status);
-      const error = new ApiError(response.status, errorMessage(response, parse(answer), answer));
-      throw withRetry(error, response.headers.get("Retry-After"));
-    }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let pending = "";
     let frames = 0;
-    const handle = (line) => {
-      if (!line.trim()) return;
-      const data = parse(line);
-      if (!data || typeof data !== "object") throw new ApiError(response.status, "The server sent a line that is not JSON.");
-      if (data.error) {
-        const status = Number(data.error.status) || 500;
-        throw new ApiError(status, String(data.error.msg || "The propagation failed."));
-      }
+    const onLine = (line) => {
       frames++;
-      onFrame(data);
+      onFrame(line);
     };
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        received += value.byteLength;
-        pending += decoder.decode(value, { stream: true });
-        let end;
-        while ((end = pending.indexOf("\n")) >= 0) {
-          const line = pending.slice(0, end);
-          pending = pending.slice(end + 1);
-          handle(line);
-        }
-      }
-      pending += decoder.decode();
-      handle(pending);
-    } catch (error) {
-      reader.cancel().catch(() => {});
-      if (signal && signal.aborted) throw error;
-      report(error instanceof ApiError ? error.status : 0);
-      if (error instanceof ApiError) throw error;
-      throw new ApiError(0, `The connection broke during tracking (${error.message}).`);
-    }
-    report(response.status);
+    const url = `${path(videoId)}/propagate`;
+    await this.api.stream("propagate", "POST", url, JSON.stringify(body), signal, onLine, "tracking");
     return frames;
   }
 
@@ -196,18 +132,4 @@ export class VideoApi {
 
 function path(videoId) {
   return `v1/videos/${encodeURIComponent(videoId)}`;
-}
-
-function parse(text) {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return null;
-  }
-}
-
-function withRetry(error, retryAfter) {
-  const seconds = Number(retryAfter);
-  if (Number.isFinite(seconds) && seconds >= 0) error.retryAfter = seconds;
-  return error;
 }
