@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import io
 import json
 import threading
 import time
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from pycocotools import mask as coco_mask
 
 from sam2_server.api import create_app
@@ -505,6 +508,16 @@ def serve_upload(server: FileServer, path: str, token_header: str, body: bytes =
     server.routes[path] = upload
 
 
+def unique_copy(name: str, note: str) -> bytes:
+    """The photo as PNG bytes no other test sends: the session's engine and its cache are
+    shared, so only bytes of this test's own make its encode count."""
+    text = PngInfo()
+    text.add_text("Comment", note)
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(image_bytes(name))).save(buffer, format="PNG", pnginfo=text)
+    return buffer.getvalue()
+
+
 def connect(client: TestClient, server: FileServer, project: str, token: str) -> None:
     body = setup_body(project=project, hostname=server.url, access_token=token)
     assert client.post("/labelstudio/setup", json=body).status_code == 200
@@ -514,8 +527,8 @@ def test_an_upload_is_fetched_once_with_the_token_setup_gave(
     client: TestClient, label_studio: FileServer
 ) -> None:
     token = "9f0e" * 10
-    path = "/data/upload/7/1a2b-truck.jpg"
-    truck = image_bytes("truck.jpg")
+    path = "/data/upload/7/1a2b-truck.png"
+    truck = unique_copy("truck.jpg", "test_an_upload_is_fetched_once_with_the_token_setup_gave")
     serve_upload(label_studio, path, f"Token {token}", truck)
     connect(client, label_studio, "7.1001", token)
     encoded = encoded_images(client)

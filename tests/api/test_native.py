@@ -384,19 +384,12 @@ def test_livepeer_route_answers_polygons_and_keeps_its_own_answer_without_mask_f
     np.testing.assert_array_equal(
         polygons_to_masks(answer.json()["masks"]), decode_masks(rle["masks"], "rle")
     )
-    simple = segment(
-        client, uploaded, points=POINTS, labels=LABELS, mask_format="polygon", polygon_epsilon=2
-    )
-    simplified = livepeer(mask_format="polygon", polygon_epsilon="2").json()
-    assert without_answer_id(simplified) == without_answer_id(simple)
-    # Livepeer's answer, whatever polygon_epsilon says, when mask_format is absent or empty.
+    # Livepeer's answer without mask_format; its form has only the contract's one extra
+    # field, so a simplification asked of it is not read (the native route takes it).
     small = {"multimask_output": "false", "return_logits": "false"}
     plain = livepeer(**small)
     assert plain.status_code == 200
     assert set(plain.json()) == {"masks", "scores", "logits"}
-    assert livepeer(**small, polygon_epsilon="2").content == plain.content
-    assert livepeer(**small, mask_format="", polygon_epsilon="nan").content == plain.content
-    for value in ("-1", "nan", "inf", "5000"):
-        assert_error(livepeer(mask_format="polygon", polygon_epsilon=value), 400, "polygon_epsilon")
-    assert_error(livepeer(mask_format="rle", polygon_epsilon="2"), 400, "polygon_epsilon")
-    assert livepeer(mask_format="polygon", polygon_epsilon="wide").status_code == 422
+    assert livepeer(**small, mask_format="").content == plain.content
+    exact = livepeer(mask_format="polygon", polygon_epsilon="2").json()
+    assert without_answer_id(exact) == without_answer_id(native)

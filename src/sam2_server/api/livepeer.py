@@ -24,11 +24,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from sam2_server.api.admission import Admission, estimate_work_bytes
 from sam2_server.api.answers import Answers
 from sam2_server.api.deps import bearer_scheme, get_segmenter
-from sam2_server.api.native_fields import (
-    POLYGON_EPSILON_SCHEMA,
-    check_polygon_epsilon,
-    segment_answer,
-)
+from sam2_server.api.native_fields import segment_answer
 from sam2_server.api.observe import RequestRecord
 from sam2_server.api.paths import SEGMENT_PATH
 from sam2_server.api.pipeline import (
@@ -163,17 +159,6 @@ def build_livepeer_router(settings: Settings, admission: Admission, answers: Ans
                 )
             ),
         ] = None,  # type: ignore[assignment]
-        polygon_epsilon: Annotated[
-            float,
-            Form(
-                description=(
-                    "Not in Livepeer's API: with mask_format `polygon`, simplify every ring "
-                    "to within this many pixels (0: exact), as on the native API. Read "
-                    "only with mask_format."
-                ),
-                json_schema_extra=POLYGON_EPSILON_SCHEMA,
-            ),
-        ] = None,  # type: ignore[assignment]
         segmenter: Segmenter = Depends(get_segmenter),
         _token: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),
     ) -> Response:
@@ -181,10 +166,6 @@ def build_livepeer_router(settings: Settings, admission: Admission, answers: Ans
         # model_id, array fields, then the image and inference.
         record, model = start_request(request, segmenter, model_id)
         native_format = _native_format(mask_format)
-        # Without mask_format the answer is Livepeer's, whatever else is sent.
-        epsilon = (
-            0.0 if native_format is None else check_polygon_epsilon(polygon_epsilon, native_format)
-        )
         fields = [point_coords, point_labels, box, mask_input]
         texts = [
             await _field_text(value, name, max_field_bytes)
@@ -239,7 +220,8 @@ def build_livepeer_router(settings: Settings, admission: Admission, answers: Ans
                 native_format,
                 answers,
                 return_logits=True,
-                polygon_epsilon=epsilon,
+                # Exact polygons: the contract adds one field to Livepeer's form, mask_format.
+                polygon_epsilon=0.0,
             )
         if answer_bytes <= STREAM_ABOVE_BYTES:
             return await serialise(record, ticket, partial(encode_livepeer, prediction))
