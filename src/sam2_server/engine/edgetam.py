@@ -76,21 +76,7 @@ def load_image_model(spec: ModelSpec, weights: Path, device: torch.device) -> Ed
     config = image_config(read_hf_config(folder / "config.json", spec.model_id), spec.model_id)
     quiet: Any = hf_logging.disable_progress_bar
     quiet()  # one progress bar per load in a server's log: noise
-    try:
-        loaded: Any = EdgeTamModel.from_pretrained(
-            folder,
-            config=config,
-            dtype=torch.float32,
-            use_safetensors=True,
-            local_files_only=True,
-            output_loading_info=True,
-        )
-        model, info = loaded
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"model {spec.model_id!r}: {weights} cannot be loaded as EdgeTAM "
-            f"({type(exc).__name__}: {_first_line(exc)})."
-        ) from None
+    model, info = from_pretrained(EdgeTamModel, config, spec, weights, "EdgeTAM")
     _check_loaded(spec, weights, info)
     processor = _processor(folder, spec.model_id)
     size = int(config.prompt_encoder_config.image_size)
@@ -508,6 +494,29 @@ def _processor(folder: Path, model_id: str) -> Any:
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     array: np.ndarray = tensor.detach().cpu().numpy()
     return array
+
+
+def from_pretrained(
+    model_class: Any, config: Any, spec: ModelSpec, weights: Path, kind: str
+) -> tuple[Any, dict[str, Any]]:
+    """`model_class` from the repository folder of `weights`: fp32 safetensors, offline,
+    with its loading report; a one-line CheckpointError naming `kind` when it cannot load."""
+    try:
+        loaded: Any = model_class.from_pretrained(
+            weights.parent,
+            config=config,
+            dtype=torch.float32,
+            use_safetensors=True,
+            local_files_only=True,
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"model {spec.model_id!r}: {weights} cannot be loaded as {kind} "
+            f"({type(exc).__name__}: {_first_line(exc)})."
+        ) from None
+    model, info = loaded
+    return model, info
 
 
 def _first_line(exc: BaseException) -> str:

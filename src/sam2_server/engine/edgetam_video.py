@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sam2_server.engine.edgetam import image_config, speed_up
-from sam2_server.engine.models import CheckpointError, ModelNotFoundError, ModelSpec, read_hf_config
+from sam2_server.engine.edgetam import from_pretrained, image_config, speed_up
+from sam2_server.engine.models import ModelNotFoundError, ModelSpec, read_hf_config
 
 __all__ = ["EdgeTamFrames", "EdgeTamVideoPredictor", "load_video_predictor"]
 
@@ -56,22 +56,8 @@ def load_video_predictor(
             f"model {spec.model_id!r}: its config.json is an image model's (model_type "
             f"{raw.get('model_type')!r}); video sessions need an edgetam_video repository."
         )
-    try:
-        config: Any = EdgeTamVideoConfig.from_dict(raw)
-        loaded: Any = EdgeTamVideoModel.from_pretrained(
-            folder,
-            config=config,
-            dtype=torch.float32,
-            use_safetensors=True,
-            local_files_only=True,
-            output_loading_info=True,
-        )
-        model, info = loaded
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"model {spec.model_id!r}: {weights} cannot be loaded as EdgeTAM's video model "
-            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})."
-        ) from None
+    config: Any = EdgeTamVideoConfig.from_dict(raw)
+    model, info = from_pretrained(EdgeTamVideoModel, config, spec, weights, "EdgeTAM's video model")
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         raise ModelNotFoundError(
