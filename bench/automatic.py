@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import platform
 import sys
 import tempfile
 import time
@@ -43,12 +42,15 @@ from sam2_server.config import Settings
 from sam2_server.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic: the test models
+
 from tests.synthetic import (
     REDUCED_OVERRIDES,
     TINY_CONFIG,
     write_checkpoint,
     write_config,
 )
+
+from machine import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = (ROOT.parent / "shared" / "data" / "images", ROOT / "tests" / "data")
@@ -59,16 +61,6 @@ def default_photo() -> Path:
         if (folder / "truck.jpg").exists():
             return folder / "truck.jpg"
     raise SystemExit("no truck.jpg in " + " or ".join(map(str, PHOTOS)))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def variant(photo: Image.Image, round_: int) -> bytes:

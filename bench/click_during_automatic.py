@@ -19,7 +19,6 @@ the uploads cost). Machines differ: the CPU's name is printed with the figures.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,8 +30,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic: the test models
+
 from tests.synthetic import REDUCED_OVERRIDES, write_checkpoint, write_config
 
+from machine import cpu_name
 from sam2_server.config import Settings
 from sam2_server.domain import AutomaticParams, Prompt
 from sam2_server.engine import Engine
@@ -41,13 +42,6 @@ DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 CLICK = Prompt(
     point_coords=np.array([[300.0, 200.0]], np.float32), point_labels=np.array([1], np.int64)
 )
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -41,6 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.synthetic: the random-weight models
 
+from machine import cpu_name  # noqa: E402
+
 FRAMES = sorted((ROOT / "tests/data/video-bedroom").glob("*.jpg"))
 PHOTO = ROOT / "tests/data/truck.jpg"
 MODELS = {
@@ -48,16 +49,6 @@ MODELS = {
     "tiny": "SAM2.1 Hiera-T",
     "large": "SAM2.1 Hiera-L",
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def images(count: int) -> list[bytes]:

@@ -17,7 +17,6 @@ Random weights cost exactly what real ones do; the masks are meaningless.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -31,20 +30,13 @@ from sam2_server.domain import VideoPrompt
 from sam2_server.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic: the test models
+
 from tests.synthetic import TINY_CONFIG, write_checkpoint
+
+from machine import cpu_name
 
 FRAMES = sorted((Path(__file__).resolve().parents[1] / "tests/data/video-bedroom").glob("*.jpg"))
 POINTS = [np.array([[300.0, 200.0]], np.float32), np.array([[700.0, 300.0]], np.float32)]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
