@@ -297,6 +297,12 @@ def test_folded_channels_last_encoder_equals_transformers_within_1e6(
         m for m in network.vision_encoder.backbone.modules() if isinstance(m, torch.nn.Conv2d)
     )
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # The high-resolution levels' neck and decoder projections are one convolution each.
+    assert isinstance(network.mask_decoder.conv_s0, torch.nn.Identity)
+    assert isinstance(network.mask_decoder.conv_s1, torch.nn.Identity)
+    widths = sorted(c.out_channels for c in network.vision_encoder.neck.convs)
+    assert widths == [32, 64, 256, 256], widths
+    assert not isinstance(model.mask_decoder.conv_s0, torch.nn.Identity)
 
     embedding = edgetam_engine.embed(hf_edgetam, DATA)
     with torch.no_grad():
