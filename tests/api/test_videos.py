@@ -7,6 +7,7 @@ PIL) and are compared with SAM2's own video predictor on the same JPEG frames
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import time
@@ -414,3 +415,71 @@ def test_a_bad_polygon_epsilon_is_400_naming_it(
     )
     assert nan.status_code == 400
     assert "polygon_epsilon" in nan.json()["detail"]["msg"]
+
+
+def test_a_client_that_leaves_propagation_is_logged_499_and_the_session_is_freed(
+    video_settings, video_engine
+) -> None:
+    """Disconnect after the first frame line (raw ASGI, as a browser's Stop does): the
+    request is logged and counted as 499 (the clip's answer never came), not 200; the
+    propagation stops and gives its admission back; the session takes prompts again."""
+    from sam2_server.api.app import create_app
+
+    app = create_app(video_settings, video_engine, load=False)
+    with TestClient(app) as client:
+        video_id = _open(client)
+        prompt_two_objects(client, video_id)
+        body = b"{}"
+        left = asyncio.Event()
+        lines: list[bytes] = []
+
+        async def receive() -> dict:
+            if not lines:
+                lines.append(b"")
+                return {"type": "http.request", "body": body, "more_body": False}
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                lines.append(message["body"])
+                left.set()
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": f"{VIDEOS}/{video_id}/propagate",
+            "raw_path": b"",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+
+        async def run() -> None:
+            await asyncio.wait_for(app(scope, receive, send), timeout=120)
+            for _ in range(1200):  # the propagation ends at its next frame
+                if app.state.admission.in_use == 0:
+                    return
+                await asyncio.sleep(0.05)
+
+        asyncio.run(run())
+        assert orjson.loads(lines[1])["frame_index"] == 0
+        assert app.state.admission.in_use == 0
+        requests = app.state.metrics.requests
+        route = "/v1/videos/{id}/propagate"
+        assert requests.labels(route, "499")._value.get() == 1
+        assert requests.labels(route, "200")._value.get() == 0
+        again = client.post(
+            f"{VIDEOS}/{video_id}/prompts",
+            json={"frame_index": 1, "object_id": 1, "points": [[10, 10]], "labels": [1]},
+        )
+        assert again.status_code == 200, again.text
+        client.delete(f"{VIDEOS}/{video_id}")

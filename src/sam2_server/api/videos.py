@@ -268,6 +268,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
             _Finish(steps, ticket),
             media_type="application/x-ndjson",
             stall_timeout_s=settings.body_read_timeout_s,
+            record=record,  # a client that left is logged 499: the clip's answer never came
         )
 
     @router.delete(
