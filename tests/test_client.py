@@ -825,6 +825,33 @@ def test_a_livepeer_runner_has_no_automatic_masks(livepeer_only: str) -> None:
     assert "Livepeer runner" in caught.value.message
 
 
+def test_models_lists_what_the_server_serves(server: Server, reduced_model) -> None:
+    """`models()` is GET /v1/models's list (the contract's fields), the same from both
+    clients; a Livepeer runner has none, which the error says."""
+    with Client(server.url, TOKEN) as client:
+        listed = client.models()
+    assert [m["model_id"] for m in listed] == [str(reduced_model.checkpoint)]
+    (model,) = listed
+    assert model["family"] == "sam2"
+    assert model["default"] is True
+    assert model["video"] is True
+    assert model["automatic_masks"] is True
+    assert model["input_size"] > 0
+
+    async def from_async() -> list[dict]:
+        async with AsyncClient(server.url, TOKEN) as client:
+            return await client.models()
+
+    assert asyncio.run(from_async()) == listed
+
+
+def test_a_livepeer_runner_lists_no_models(livepeer_only: str) -> None:
+    with Client(livepeer_only, TOKEN) as client, pytest.raises(Sam2Error) as caught:
+        client.models()
+    assert caught.value.status == 404
+    assert "GET /v1/models" in caught.value.message
+
+
 # -- video sessions: a real HTTP server in this process, on the shared video test engine --
 
 

@@ -84,7 +84,7 @@ def test_models_list_each_family_from_its_config(served, reduced_model, hf_edget
     sam2, edgetam, missing = body["models"]
     assert body["default"] == str(reduced_model.checkpoint)
     assert sam2 == {
-        "id": str(reduced_model.checkpoint),
+        "model_id": str(reduced_model.checkpoint),
         "default": True,
         "family": "sam2",
         "input_size": 1024,
@@ -94,14 +94,14 @@ def test_models_list_each_family_from_its_config(served, reduced_model, hf_edget
         "automatic_masks": True,
         "error": None,
     }
-    assert edgetam["id"] == hf_edgetam
+    assert edgetam["model_id"] == hf_edgetam
     assert (edgetam["family"], edgetam["input_size"], edgetam["default"]) == (
         "edgetam",
         1024,
         False,
     )
     assert (edgetam["video"], edgetam["automatic_masks"], edgetam["error"]) == (True, True, None)
-    assert missing["id"] == MISSING
+    assert missing["model_id"] == MISSING
     assert (missing["family"], missing["input_size"], missing["loaded"]) == (None, None, False)
     assert missing["state"] == "error"
     assert MISSING in missing["error"]
@@ -110,14 +110,14 @@ def test_models_list_each_family_from_its_config(served, reduced_model, hf_edget
 
 def test_loading_on_first_use_shows_in_models(served, hf_edgetam):
     client, _ = served
-    entry = next(m for m in models(client)["models"] if m["id"] == hf_edgetam)
+    entry = next(m for m in models(client)["models"] if m["model_id"] == hf_edgetam)
     if not entry["loaded"]:
         assert entry["state"] == "not loaded"
     response = client.post(
         "/v1/images", data={"model_id": hf_edgetam}, files={"image": (IMAGE, DATA, "image/jpeg")}
     )
     assert response.status_code == 200, response.text
-    entry = next(m for m in models(client)["models"] if m["id"] == hf_edgetam)
+    entry = next(m for m in models(client)["models"] if m["model_id"] == hf_edgetam)
     assert (entry["state"], entry["loaded"]) == ("loaded", True)
 
 

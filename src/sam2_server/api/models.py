@@ -24,7 +24,7 @@ from sam2_server.api.schemas import HTTPError
 class ServedModel(BaseModel):
     """One served model."""
 
-    id: str = Field(..., description="What requests name in `model_id`.")
+    model_id: str = Field(..., description="What requests name in `model_id`.")
     default: bool = Field(..., description="Whether requests that name no model get this one.")
     family: Literal["sam2", "edgetam"] | None = Field(
         ...,

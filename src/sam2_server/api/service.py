@@ -93,7 +93,7 @@ class Segmenter(Protocol):
         ...
 
     def describe_models(self) -> list[dict[str, Any]]:
-        """Each served model, in MODEL_ID's order, for GET /v1/models: `id`, `default`,
+        """Each served model, in MODEL_ID's order, for GET /v1/models: `model_id`, `default`,
         `family` ("sam2", "edgetam"; null when its files cannot be read), `input_size`
         (pixels per side, or null), `state` (the registry's), `loaded`, `video`,
         `automatic_masks` (booleans) and `error` (a one-line reason, or null)."""

@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from ._core import (
     DEFAULT_TIMEOUT,
+    MODELS_PATH,
     _automatic_flow,
     _Base,
     _Call,
@@ -228,6 +229,14 @@ class AsyncClient(_Base, _AsyncClosing):
         finally:
             await response.aclose()
         raise Sam2Error(response.status_code, "the answer ended before its result line")
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The models the server serves (`GET /v1/models`), in its order: each with
+        `model_id` (what `model_id=` takes), `family` ("sam2", "edgetam"), `input_size`,
+        `default`, `loaded`, `video` and `automatic_masks`. A Livepeer runner has no list:
+        a `Sam2Error` says so."""
+        response = await self._run(_expect_flow(_Call("GET", MODELS_PATH)))
+        return list(response.json()["models"])
 
     def open_video(
         self,

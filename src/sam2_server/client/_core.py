@@ -31,6 +31,7 @@ from ._wire import Result, _Answer, _Prompt
 
 DEFAULT_TIMEOUT = 120.0  # a large model's first encode on a CPU takes tens of seconds
 VIDEOS_PATH = "/v1/videos"
+MODELS_PATH = "/v1/models"
 
 _KNOWN_IDS = 1024  # (model, image id) pairs remembered as being on the server
 _KNOWN_ANSWERS = 1024  # answers' candidates remembered by their logits' digest
@@ -371,7 +372,7 @@ def _expect_flow(call: _Call, status: int = 200) -> _Flow[httpx.Response]:
     """One call whose only good answer is `status`; a missing videos route says so."""
     response = yield call
     if response.status_code != status:
-        if _route_missing(response) and call.path == VIDEOS_PATH:
+        if _route_missing(response) and call.path in (VIDEOS_PATH, MODELS_PATH):
             raise _no_route(call, response)
         raise error_of(response)
     return response

@@ -162,14 +162,14 @@ def fold_high_resolution_projections(model: Any) -> None:
             _pointwise(lateral) and _pointwise(projection)
         ):
             continue
-        outer = projection.weight[:, :, 0, 0].double()
-        folded = torch.nn.Conv2d(lateral.in_channels, projection.out_channels, 1)
         with torch.no_grad():
+            outer = projection.weight[:, :, 0, 0].double()
             weight = outer @ lateral.weight[:, :, 0, 0].double()
             bias = outer @ lateral.bias.double() + projection.bias.double()
-            folded.weight.copy_(weight[:, :, None, None])
-            folded.bias.copy_(bias)
-        folded.to(lateral.weight.device, lateral.weight.dtype)
+        folded = torch.nn.Conv2d(lateral.in_channels, projection.out_channels, 1)
+        folded.weight = torch.nn.Parameter(weight[:, :, None, None].to(lateral.weight.dtype))
+        folded.bias = torch.nn.Parameter(bias.to(lateral.weight.dtype))
+        folded.to(lateral.weight.device).requires_grad_(False)
         neck.convs[last - level] = folded
         setattr(decoder, name, torch.nn.Identity())
 

@@ -169,7 +169,7 @@ class Models:
                 error = self._traits_error[model_id][1]
             described.append(
                 {
-                    "id": model_id,
+                    "model_id": model_id,
                     "default": model_id == self.default_model_id,
                     "family": traits.family if traits else None,
                     "input_size": traits.input_size if traits else None,

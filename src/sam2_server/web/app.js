@@ -10,10 +10,15 @@
 // answer (a 404) are its logits sent packed, asked for again if need be.
 // Video mode (video.js) has its own state and tools; the tabs (or I / V) switch
 // between the two, and each keeps its work while the other is shown.
+// A server that serves several models (GET v1/models) gets a picker in each
+// mode. Every request names the model it is for; picking another while an
+// image is open uploads the same file again for it and asks its prompts anew:
+// nothing of the old model's (masks, answers named by answer_id) is kept.
 
 import { Api, ApiError, REPORT } from "./api.js";
 import { everythingOverlay, parametersFromQuery } from "./everything.js";
 import { maskOverlay } from "./mask.js";
+import { fetchModels, fillPicker, pickerTitle, shortName } from "./models.js";
 import { base64ToBytes, candidateMaskInput, decodePacked } from "./packed.js";
 import { initVideo, isVideoFile } from "./video.js";
 import { Stage } from "./view.js";
@@ -46,13 +51,20 @@ const ui = {
   tabVideo: $("tab-video"),
   keysButton: $("keys-button"),
   keysPanel: $("keys-panel"),
+  model: $("model"),
+  everythingWhy: $("everything-why"),
 };
 
 const state = {
   file: null, // the Blob as chosen: uploaded again if the server forgets it
   name: "",
   image: null, // {imageId, modelId, width, height} once uploaded
-  modelId: "", // the model the first upload got; kept so a re-upload gets the same
+  // The picked model; without a picker (an older server), the model the first
+  // upload got, kept so a re-upload gets the same ("" until then: the default).
+  modelId: "",
+  models: null, // the served models (models.js), once the server has said
+  modelsRefused: false, // v1/models answered 401: asked again once a token is given
+  epoch: 0, // bumped by a new image or model: an answer for an older one is dropped
   uploading: null, // the upload in flight, shared by whoever needs it
   uploadReport: null, // what the image's upload cost: the status line of the bare image
   history: [emptyEntry()],
@@ -68,6 +80,8 @@ const state = {
 };
 
 const api = new Api(() => ui.token.value.trim(), report);
+// The list of models is no request of the image's: its cost stays off the status line.
+const modelsApi = new Api(() => ui.token.value.trim(), () => {});
 const stage = new Stage({
   onPoint: (x, y, label) => addPrompt({ point: [x, y], label }),
   onBox: (box) => addPrompt({ box }),
@@ -109,7 +123,8 @@ function initToken() {
     ui.token.blur();
   });
   ui.token.addEventListener("change", () => {
-    // A refused upload (401) is retried as soon as a token is given.
+    // A refused upload (401) is retried as soon as a token is given; so is the list of models.
+    if (state.modelsRefused) loadModels();
     if (state.file && !state.image && !state.uploading) ensureUploaded().catch(showError);
   });
 }
@@ -131,6 +146,7 @@ async function openFile(file) {
   clearError();
   state.file = file;
   state.name = file.name || "pasted image";
+  state.epoch++;
   state.image = null;
   state.uploading = null;
   state.uploadReport = null;
@@ -148,16 +164,21 @@ async function openFile(file) {
   ensureUploaded().catch(showError);
 }
 
-/** The uploaded image, uploading it first if needed (once, however many ask). */
+/**
+ * The uploaded image, uploading it first if needed (once, however many ask),
+ * for the picked model. An answer for an image or a model since replaced
+ * rejects with Superseded.
+ */
 function ensureUploaded() {
   if (state.image) return Promise.resolve(state.image);
   if (!state.uploading) {
     const file = state.file;
-    state.uploading = api
+    const epoch = state.epoch;
+    const uploading = api
       .upload(file, state.modelId)
       .then((answer) => {
-        if (state.file !== file) throw new Superseded();
-        state.modelId = answer.model_id;
+        if (state.epoch !== epoch) throw new Superseded();
+        if (!state.models) state.modelId = answer.model_id;
         state.uploadReport = answer[REPORT];
         state.image = {
           imageId: answer.image_id,
@@ -171,10 +192,11 @@ function ensureUploaded() {
         return state.image;
       })
       .finally(() => {
-        if (state.file === file) state.uploading = null;
+        if (state.uploading === uploading) state.uploading = null;
       });
-    state.uploading.catch(() => {
-      ui.info.textContent = `${state.name} · not uploaded`;
+    state.uploading = uploading;
+    uploading.catch(() => {
+      if (state.epoch === epoch) ui.info.textContent = `${state.name} · not uploaded`;
     });
   }
   return state.uploading;
@@ -182,7 +204,7 @@ function ensureUploaded() {
 
 function describeImage(cached) {
   const { width, height, modelId } = state.image;
-  const model = modelId.split("/").pop();
+  const model = modelName(modelId);
   ui.info.textContent = `${state.name} · ${width}×${height} · ${model} · ${cached ? "cached" : "encoded"}`;
   ui.info.title = `image ${state.image.imageId}\nmodel ${modelId}`;
 }
@@ -225,12 +247,17 @@ async function segment() {
       state.pending = false;
       const entry = current();
       if (!entry.prompts.length || entry.result) break;
-      // The body is built once the upload has answered: it names the upload's model.
-      await ensureUploaded();
-      entry.request = requestFor(entry);
-      const answer = await send(entry.request);
-      entry.result = resultOf(answer);
-      if (entry === current()) render();
+      try {
+        // The body is built once the upload has answered: it names the upload's model.
+        entry.request = requestFor(entry, await ensureUploaded());
+        const answer = await send(entry.request);
+        entry.result = resultOf(answer);
+        if (entry === current()) render();
+      } catch (error) {
+        if (!(error instanceof Superseded)) throw error;
+        // Another image or model meanwhile: whatever is current now gets its answer.
+        state.pending = true;
+      }
     } while (state.pending);
   } catch (error) {
     showError(error);
@@ -240,16 +267,28 @@ async function segment() {
   }
 }
 
-/** `call(image)` on the uploaded image; an image the server has evicted (404) is uploaded again, once. */
-async function onImage(call) {
-  const image = await ensureUploaded();
+/**
+ * `call(image)` on the uploaded image; an image the server has evicted (404) is
+ * uploaded again, once. `epoch`: the image and model the call is for; once
+ * either is replaced it rejects with Superseded rather than ask for the new one.
+ */
+async function onImage(call, epoch = state.epoch) {
+  const image = await stillFor(epoch, ensureUploaded());
   try {
     return await call(image);
   } catch (error) {
     if (!(error instanceof ApiError) || error.status !== 404) throw error;
+    if (state.epoch !== epoch) throw new Superseded();
     state.image = null;
-    return call(await ensureUploaded());
+    return call(await stillFor(epoch, ensureUploaded()));
   }
+}
+
+/** `promise`'s value while `epoch` is still the page's (same image, same model); else Superseded. */
+async function stillFor(epoch, promise) {
+  const value = await promise;
+  if (state.epoch !== epoch) throw new Superseded();
+  return value;
 }
 
 /**
@@ -260,11 +299,11 @@ async function onImage(call) {
  * server keeps its low-res logits). No logits come back: the page needs them
  * only from a server that keeps no answers.
  */
-function requestFor(entry) {
+function requestFor(entry, image) {
   const points = entry.prompts.filter((p) => p.point);
   const boxes = entry.prompts.filter((p) => p.box);
   const body = {
-    model_id: state.modelId || undefined,
+    model_id: image.modelId || undefined,
     mask_format: "png",
     return_logits: state.keepsAnswers === false,
     multimask_output: points.length === 1 && boxes.length === 0,
@@ -282,10 +321,10 @@ function requestFor(entry) {
       const { answerId, logits } = earlier.result;
       if (answerId) body.mask_input = { answer_id: answerId, index: earlier.chosen };
       else if (logits) body.mask_input = candidateMaskInput(logits, earlier.chosen);
-      return { body, from: { entry: earlier, index: earlier.chosen } };
+      return { body, from: { entry: earlier, index: earlier.chosen }, epoch: state.epoch };
     }
   }
-  return { body, from: null };
+  return { body, from: null, epoch: state.epoch };
 }
 
 /**
@@ -295,9 +334,9 @@ function requestFor(entry) {
  * packed; the page asks for them again if it has none (logitsOf). An image the
  * server evicted is uploaded again (onImage).
  */
-async function send({ body, from }) {
+async function send({ body, from, epoch }) {
   if (from && body.mask_input && body.mask_input.answer_id) {
-    const image = await ensureUploaded();
+    const image = await stillFor(epoch, ensureUploaded());
     try {
       return await api.segment(image.imageId, body);
     } catch (error) {
@@ -308,7 +347,7 @@ async function send({ body, from }) {
   if (from && !body.mask_input) {
     body = { ...body, mask_input: candidateMaskInput(await logitsOf(from.entry), from.index) };
   }
-  return onImage((image) => api.segment(image.imageId, body));
+  return onImage((image) => api.segment(image.imageId, body), epoch);
 }
 
 /**
@@ -318,8 +357,8 @@ async function send({ body, from }) {
  */
 async function logitsOf(entry) {
   if (!entry.result.logits) {
-    const { body, from } = entry.request;
-    const answer = await send({ body: { ...body, return_logits: true }, from });
+    const { body, from, epoch } = entry.request;
+    const answer = await send({ body: { ...body, return_logits: true }, from, epoch });
     if (!answer.logits) throw new Error("The server sent no logits to refine with.");
     entry.result.logits = decodePacked(answer.logits);
     if (typeof answer.answer_id === "string") entry.result.answerId = answer.answer_id; // kept anew
@@ -327,12 +366,12 @@ async function logitsOf(entry) {
   return entry.result.logits;
 }
 
-/** The Detail select's grid, over whatever the page's address gives. */
-function automaticBody() {
+/** The Detail select's grid, over whatever the page's address gives, for the image's model. */
+function automaticBody(image) {
   const pointsPerSide = Number(ui.detail.value);
   return {
     ...ADDRESS_PARAMETERS,
-    model_id: state.modelId || undefined,
+    model_id: image.modelId || undefined,
     mask_format: "rle",
     points_per_side: Number.isFinite(pointsPerSide) ? pointsPerSide : ui.detail.value,
   };
@@ -369,7 +408,7 @@ function resultOf(answer) {
  * with the time left at the rate so far.
  */
 async function segmentEverything() {
-  if (!state.image || state.everything) return;
+  if (!state.image || state.everything || !automaticMasks()) return;
   clearError();
   const entry = { ...emptyEntry(), automatic: { body: null, answer: null, overlay: null, visible: 0 } };
   const abort = new AbortController();
@@ -396,7 +435,7 @@ async function segmentEverything() {
   };
   try {
     const answer = await onImage((image) => {
-      entry.automatic.body = automaticBody();
+      entry.automatic.body = automaticBody(image);
       return api.automaticMasks(image.imageId, entry.automatic.body, abort.signal, onProgress);
     });
     if (abort.signal.aborted || !state.history.includes(entry)) return; // nobody wants it
@@ -523,7 +562,86 @@ function updateControls() {
   ui.undo.disabled = state.history.length <= 1;
   ui.clear.disabled = state.history.length <= 1;
   ui.download.disabled = !current().result;
-  ui.everything.disabled = !state.image || state.everything !== null;
+  const automatic = automaticMasks();
+  ui.everything.disabled = !state.image || state.everything !== null || !automatic;
+  const why = `not with ${modelName(state.modelId)}: this model does not generate automatic masks`;
+  ui.everythingWhy.textContent = automatic ? "" : why;
+}
+
+/** Whether the picked model makes automatic masks (true when the server has not said). */
+function automaticMasks() {
+  const model = state.models && state.models.find((m) => m.id === state.modelId);
+  return !model || model.automatic;
+}
+
+function modelName(id) {
+  const model = state.models && state.models.find((m) => m.id === id);
+  return model ? model.name : shortName(id || "this model");
+}
+
+// ---- models ------------------------------------------------------------
+
+/**
+ * Ask which models the server serves and show the pickers. An older server
+ * (no such route) or a failure leaves the page as it was: no picker, no
+ * model_id sent but the one the first upload got; a 401 is asked again once
+ * a token is given.
+ */
+async function loadModels() {
+  state.modelsRefused = false;
+  let models;
+  try {
+    models = await fetchModels(modelsApi);
+  } catch (error) {
+    state.modelsRefused = error instanceof ApiError && error.status === 401;
+    return;
+  }
+  if (!models.length) return;
+  state.models = models;
+  // An image uploaded before the list came keeps the model it has (the default then).
+  const chosen = fillPicker(ui.model, models, { keep: state.modelId });
+  ui.model.closest("label").hidden = false;
+  const isDefault = models.some((m) => m.id === chosen && m.isDefault);
+  if (!state.modelId && isDefault) state.modelId = chosen; // an upload in flight went to it already
+  if (chosen !== state.modelId) pickModel(chosen);
+  else showModel();
+  video.setModels(models);
+}
+
+function showModel() {
+  const what = "Picking another encodes the open image for it and asks its prompts again.";
+  ui.model.title = pickerTitle(state.models, state.modelId, what);
+  updateControls();
+}
+
+/**
+ * Use model `id` from now on. With an image open, the same file is uploaded
+ * again for it (its embedding is the new model's), every mask and answer of the
+ * old model is dropped (so no refinement names one of its answer_id), and the
+ * prompts on screen are asked again of the new model: one pick compares two
+ * models on the same clicks. Undo then goes back to the image alone.
+ */
+function pickModel(id) {
+  if (id === state.modelId) return;
+  state.modelId = id;
+  if (ui.model.value !== id) ui.model.value = id;
+  showModel();
+  if (!state.file) return;
+  clearError();
+  const entry = current();
+  const prompts = entry.automatic ? [] : entry.prompts; // Segment everything is not asked again: it is slow
+  state.epoch++;
+  state.image = null;
+  state.uploading = null;
+  state.uploadReport = null;
+  state.pending = false;
+  dropEverything();
+  state.history = [emptyEntry()];
+  if (prompts.length) state.history.push({ ...emptyEntry(), prompts: [...prompts] });
+  render({ undone: true }); // the image alone until the new model answers
+  ui.info.textContent = `${state.name} · encoding for ${modelName(id)}…`;
+  ensureUploaded().catch(showError);
+  if (prompts.length) segment();
 }
 
 function showBusy() {
@@ -681,6 +799,7 @@ function wire() {
   ui.clear.addEventListener("click", clearPrompts);
   ui.download.addEventListener("click", downloadMask);
   ui.everything.addEventListener("click", segmentEverything);
+  ui.model.addEventListener("change", () => pickModel(ui.model.value));
   ui.everythingStop.addEventListener("click", stopEverything);
 
   let depth = 0;
@@ -768,3 +887,4 @@ initToken();
 initDetail();
 wire();
 render();
+loadModels();

@@ -8,11 +8,18 @@
 // that frame gave it: a prompt's answer or a propagation's line). Requests on
 // the session go one at a time, in order (`enqueue`): the server answers a
 // second one meanwhile with a 409.
+//
+// A session is one model's from start to end. The model picker (when the
+// server lists its models) chooses the model of the next session: picking
+// another while a clip is open re-opens it at once when nothing would be lost
+// (still uploading, or nothing prompted yet); otherwise the session stays on
+// its model, and the page says so and offers "Re-open with <model>".
 
 import { Api, ApiError } from "./api.js";
 import { maskColour, ownerOverlay, paintRle } from "./everything.js";
 import { cocoJson, decodeMask, encodePngGray, maskPath, zipStore } from "./export.js";
 import { FrameSource } from "./frames.js";
+import { fillPicker, pickerTitle, shortName } from "./models.js";
 import { VideoApi } from "./videoapi.js";
 import { Stage } from "./view.js";
 
@@ -68,6 +75,7 @@ export function initVideo({ getToken }) {
     request: $("v-request"),
     error: $("v-error"),
     stageRoot: $("v-stage"),
+    model: $("v-model"),
   };
 
   const vs = {
@@ -81,7 +89,9 @@ export function initVideo({ getToken }) {
     uploading: null, // AbortController of the upload in flight
     refused: false, // the last upload was a 401: a new token tries again
     session: null, // {videoId, modelId, frames, width, height, fps}: kept once expired, for export
-    modelId: "",
+    modelId: "", // the picked model (without a picker: the first session's, "" before: the default)
+    models: null, // the served models (models.js), once the server has said
+    uploadingModel: "", // the model the upload in flight names
     expired: false, // the server has forgotten the session (404): `live()` is false
     frame: 0, // the frame asked for
     shownFrame: -1, // the frame on screen (its picture decoded)
@@ -173,6 +183,7 @@ export function initVideo({ getToken }) {
     clearError();
     const abort = new AbortController();
     vs.uploading = abort;
+    vs.uploadingModel = vs.modelId;
     vs.expired = false;
     vs.refused = false;
     ui.info.textContent = `${vs.name} · uploading…`;
@@ -197,7 +208,7 @@ export function initVideo({ getToken }) {
         height: answer.height,
         fps: answer.fps,
       };
-      vs.modelId = answer.model_id;
+      if (!vs.models) vs.modelId = answer.model_id;
       onSession();
     } catch (error) {
       if (epoch !== vs.epoch || (error && error.name === "AbortError")) return;
@@ -247,13 +258,107 @@ export function initVideo({ getToken }) {
     goTo(Math.min(vs.frame, session.frames - 1));
     if (warnings.length) showError(`Note: ${warnings.join("; ")}.`);
     showStatus(`Opened: click an object (left: foreground, right: background) or drag a box, on any frame.`);
+    if (otherModel()) showStatus(modelNote());
+  }
+
+  // ---- the model -------------------------------------------------------------
+
+  /** The served models: the picker lists those that track video, the default (or the one in use) picked. */
+  function setModels(models) {
+    vs.models = models;
+    const keep = vs.modelId || (vs.session ? vs.session.modelId : "");
+    const chosen = fillPicker(ui.model, models, {
+      keep,
+      usable: (m) => m.video,
+      why: () => "no video",
+    });
+    ui.model.closest("label").hidden = false;
+    const isDefault = models.some((m) => m.id === chosen && m.isDefault);
+    if (!vs.modelId && isDefault) vs.modelId = chosen; // an upload in flight went to it already
+    if (chosen !== vs.modelId) pickModel(chosen);
+    else showModel();
+  }
+
+  function showModel() {
+    ui.model.title = pickerTitle(
+      vs.models,
+      vs.modelId,
+      "Each video session is one model's: another one applies to the next video opened (or re-opened).",
+    );
+    render();
+  }
+
+  function modelName(id) {
+    const model = vs.models && vs.models.find((m) => m.id === id);
+    return model ? model.name : shortName(id || "the default model");
+  }
+
+  /** The session (or the upload in flight) is another model's than the one picked. */
+  function otherModel() {
+    if (!vs.models || !vs.modelId) return false;
+    if (vs.session) return vs.session.modelId !== vs.modelId;
+    return Boolean(vs.uploading) && vs.uploadingModel !== vs.modelId;
+  }
+
+  /** Work the session holds that re-opening it would lose: prompts (sent or on their way), masks, tracking. */
+  function hasWork() {
+    return Boolean(vs.tracking) || vs.results.size > 0 || vs.prompts.size > 0;
+  }
+
+  function modelNote() {
+    return (
+      `This clip's session stays on ${modelName(vs.session.modelId)}: its prompts and masks are that ` +
+      `model's. “Re-open with ${modelName(vs.modelId)}” uploads the clip again for it (prompts start ` +
+      "over; the masks here stay until then), and the next video opened goes to it."
+    );
+  }
+
+  /**
+   * Use model `id` for the next session. A clip still uploading, or open with
+   * nothing prompted yet, is re-opened for it at once (nothing is lost); a
+   * session with work keeps its model until "Re-open with …" is pressed.
+   */
+  function pickModel(id) {
+    if (id === vs.modelId) return;
+    vs.modelId = id;
+    if (ui.model.value !== id) ui.model.value = id;
+    showModel();
+    if (!otherModel()) {
+      if (vs.session) showStatus(`Back on ${modelName(id)}, this session's model.`);
+      return;
+    }
+    if (vs.uploading || (live() && !hasWork())) {
+      reopen();
+      showStatus(`Re-opening the clip for ${modelName(id)}…`);
+    } else if (vs.session) {
+      showStatus(modelNote());
+    }
+  }
+
+  /**
+   * Upload the clip again for the picked model, as a new session: after it
+   * expired (Upload again), or for another model (Re-open with …). The old
+   * session, if the server still has it, is closed.
+   */
+  function reopen() {
+    const old = live() ? vs.session : null;
+    if (vs.tracking) vs.tracking.abort.abort();
+    if (vs.uploading) vs.uploading.abort();
+    vs.uploading = null;
+    vs.epoch++;
+    clearSessionState();
+    vs.expired = false;
+    drawMask();
+    render();
+    if (old) videoApi.close(old.videoId).catch(() => {}); // the server's idle timeout frees it otherwise
+    upload();
   }
 
   function describe() {
     const s = vs.session;
     if (!s) return;
     const rate = s.fps ? ` · ${Number(s.fps.toFixed(3))} fps` : "";
-    ui.info.textContent = `${vs.name} · ${s.frames} frames · ${s.width}×${s.height}${rate} · ${s.modelId.split("/").pop()}`;
+    ui.info.textContent = `${vs.name} · ${s.frames} frames · ${s.width}×${s.height}${rate} · ${modelName(s.modelId)}`;
     ui.info.title = `${ui.info.textContent}\nvideo ${s.videoId}\nmodel ${s.modelId}`;
   }
 
@@ -549,6 +654,7 @@ export function initVideo({ getToken }) {
             { reverse, mask_format: "rle" },
             (line) => {
               if (epoch !== vs.epoch || abort.signal.aborted) return;
+              if (tracking.done + 1 === total) mark("sam2:last-frame", { frame: line.frame_index });
               storeFrame(line);
               tracking.done++;
               setProgress(tracking.done, total, `Tracking ${direction}: ${tracking.done} / ${total} frames`);
@@ -573,6 +679,7 @@ export function initVideo({ getToken }) {
         vs.tracking = null;
         hideProgress();
         render();
+        mark("sam2:track-end", { frames: tracking.done }); // Track and Play are ready again
       }
     }
   }
@@ -619,6 +726,8 @@ export function initVideo({ getToken }) {
       vs.shownFrame = wanted;
       drawMask();
       ui.stageRoot.dataset.shown = String(wanted); // the frame whose picture and masks are up
+      const objects = vs.results.has(wanted) ? vs.results.get(wanted).size : 0;
+      mark(vs.playing ? "sam2:playback-frame" : "sam2:frame-drawn", { frame: wanted, objects });
     }
   }
 
@@ -636,6 +745,7 @@ export function initVideo({ getToken }) {
     if (!vs.session || frames < 2) return;
     const playing = {};
     vs.playing = playing;
+    mark("sam2:play", { from: vs.frame >= frames - 1 ? 0 : vs.frame });
     if (vs.tracking) vs.tracking.follow = false;
     render();
     const interval = 1000 / (vs.playbackFps || DEFAULT_FPS);
@@ -774,7 +884,12 @@ export function initVideo({ getToken }) {
     ui.play.setAttribute("aria-pressed", String(Boolean(vs.playing)));
     ui.reset.disabled = !ready || tracking;
     ui.close.disabled = !vs.session && !vs.files.length;
-    ui.reopen.hidden = !vs.expired;
+    const other = otherModel() && Boolean(vs.session);
+    ui.reopen.hidden = !vs.expired && !other;
+    ui.reopen.textContent = other ? `Re-open with ${modelName(vs.modelId)}` : "Upload again";
+    ui.reopen.title = other
+      ? `Upload this clip again as a new session on ${vs.modelId} (prompts start over; this session is closed)`
+      : "The server forgot this clip: upload it again (prompts start over)";
     ui.exportZip.disabled = !hasMasks || vs.exporting;
     ui.exportJson.disabled = !hasMasks;
     ui.prev.disabled = frameCount() < 2;
@@ -957,14 +1072,8 @@ export function initVideo({ getToken }) {
     ui.play.addEventListener("click", play);
     ui.reset.addEventListener("click", reset);
     ui.close.addEventListener("click", () => closeSession());
-    ui.reopen.addEventListener("click", () => {
-      vs.epoch++;
-      clearSessionState();
-      vs.expired = false;
-      drawMask();
-      render();
-      upload();
-    });
+    ui.reopen.addEventListener("click", reopen);
+    ui.model.addEventListener("change", () => pickModel(ui.model.value));
     ui.exportZip.addEventListener("click", exportZip);
     ui.exportJson.addEventListener("click", exportJson);
     ui.prev.addEventListener("click", () => goTo(vs.frame - 1, { user: true }));
@@ -1024,6 +1133,7 @@ export function initVideo({ getToken }) {
   return {
     open,
     onKey,
+    setModels,
     /** Leaving video mode pauses playback (tracking goes on). */
     deactivate: stopPlayback,
     activate: () => {
@@ -1034,6 +1144,19 @@ export function initVideo({ getToken }) {
 
 /** An answer for a clip the user has since replaced or closed: nobody wants it. */
 class Superseded extends Error {}
+
+/**
+ * A User Timing mark, only the latest of each name kept (no growing timeline):
+ * `sam2:last-frame` (the last line of a propagation handled), `sam2:track-end`
+ * (the stream over, Track and Play ready), `sam2:play` (Play pressed),
+ * `sam2:playback-frame` / `sam2:frame-drawn` (a frame's picture and masks put
+ * on screen, playing or not). bench/playback_latency.py reads them; so can the
+ * browser's performance panel.
+ */
+function mark(name, detail) {
+  performance.clearMarks(name);
+  performance.mark(name, { detail });
+}
 
 export function isVideoFile(file) {
   if (file.type) return file.type.startsWith("video/");
