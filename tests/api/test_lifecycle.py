@@ -211,3 +211,32 @@ def test_docs_are_served_from_the_package_with_a_strict_policy():
         metrics = client.get("/metrics", headers={"Authorization": "Bearer secret"}).text
         for route in ("/docs", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"):
             assert f'sam2_requests_total{{route="{route}",status="200"}}' in metrics
+
+
+def test_every_reference_in_the_openapi_document_resolves(client):
+    """Client generators follow every `$ref` from the document's root: none may dangle
+    (a schema embedded with its own `$defs` would)."""
+    schema = client.get("/openapi.json").json()
+    refs: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert len(refs) > 50
+    for ref in refs:
+        assert ref.startswith("#/"), ref
+        target: object = schema
+        for part in ref[2:].split("/"):
+            assert isinstance(target, dict) and part in target, f"dangling {ref}"
+            target = target[part]
+    propagate = schema["paths"]["/v1/videos/{video_id}/propagate"]["post"]["responses"]["200"]
+    ndjson = propagate["content"]["application/x-ndjson"]["schema"]
+    assert ndjson == {"$ref": "#/components/schemas/FrameResponse"}

@@ -393,3 +393,24 @@ def test_livepeer_route_answers_polygons_and_keeps_its_own_answer_without_mask_f
     assert livepeer(**small, mask_format="").content == plain.content
     exact = livepeer(mask_format="polygon", polygon_epsilon="2").json()
     assert without_answer_id(exact) == without_answer_id(native)
+
+
+def test_null_mask_format_and_epsilon_are_the_defaults_on_every_route(client, uploaded):
+    """`null` for mask_format or polygon_epsilon means the default, on segment and on
+    automatic masks alike (the video routes share the same fields: tests/api/test_videos.py)."""
+    nulls = {"mask_format": None, "polygon_epsilon": None}
+    segment = f"/v1/images/{uploaded}/segment"
+    plain = client.post(segment, json={"box": BOX})
+    with_nulls = client.post(segment, json={"box": BOX, **nulls})
+    assert with_nulls.status_code == 200, with_nulls.text
+    assert with_nulls.json()["masks"] == plain.json()["masks"]
+    assert isinstance(with_nulls.json()["masks"][0], dict)  # rle
+    polygons = client.post(
+        segment, json={"box": BOX, "mask_format": "polygon", "polygon_epsilon": None}
+    )
+    assert polygons.status_code == 200, polygons.text
+    automatic = client.post(
+        f"/v1/images/{uploaded}/automatic-masks",
+        json={"points_per_side": 2, "pred_iou_thresh": 0, "stability_score_thresh": 0, **nulls},
+    )
+    assert automatic.status_code == 200, automatic.text

@@ -169,6 +169,13 @@ def test_remove_reset_and_close(video_client: TestClient, video: str) -> None:
     assert removed.status_code == 200
     assert removed.json()["objects"] == [5]
     assert video_client.delete(f"{base}/objects/3").status_code == 404
+    assert video_client.delete(f"{base}/objects/-1").status_code == 404
+    nulls = {"mask_format": None, "polygon_epsilon": None}  # null: the defaults (rle)
+    again = video_client.post(
+        f"{base}/prompts", json={"frame_index": 0, "object_id": 5, "box": BOX.tolist(), **nulls}
+    )
+    assert again.status_code == 200, again.text
+    assert isinstance(again.json()["objects"][0]["mask"], dict)
     lines = _stream(video_client, video, max_frames=1)
     assert [[o["object_id"] for o in line["objects"]] for line in lines] == [[5], [5]]
     assert video_client.post(f"{base}/reset").json()["objects"] == []
@@ -216,7 +223,13 @@ def test_unknown_sessions_and_bad_uploads(video_client: TestClient) -> None:
     assert video_client.post(f"{VIDEOS}/nope/prompts", json=body).status_code == 404
     assert video_client.post(f"{VIDEOS}/nope/propagate", json={}).status_code == 404
     assert video_client.post(f"{VIDEOS}/nope/reset").status_code == 404
-    assert video_client.post(f"{VIDEOS}/{'x' * 65}/reset").status_code == 422
+    # The contract's 404 for any id that is not a session's: long ones, and before a bad body.
+    long = video_client.post(f"{VIDEOS}/{'x' * 500}/reset")
+    assert long.status_code == 404
+    assert "x" * 64 + "..." in long.json()["detail"]["msg"]
+    assert "x" * 65 not in long.json()["detail"]["msg"]
+    bad = {"frame_index": 0, "object_id": 1}
+    assert video_client.post(f"{VIDEOS}/nope/prompts", json=bad).status_code == 404
 
     neither = video_client.post(VIDEOS, data={"model_id": ""})
     assert neither.status_code == 400

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -25,10 +25,8 @@ from pydantic import BaseModel, Field, create_model, field_validator
 from sam2_server.api.admission import Admission, estimate_work_bytes
 from sam2_server.api.deps import SegmenterDep, bearer_scheme
 from sam2_server.api.native_fields import (
-    MASK_FORMAT_DESCRIPTION,
-    POLYGON_EPSILON_DESCRIPTION,
-    POLYGON_EPSILON_SCHEMA,
     ImageId,
+    MaskOutputFields,
     PolygonMask,
     check_polygon_epsilon,
     ready_image,
@@ -37,7 +35,7 @@ from sam2_server.api.native_fields import (
 from sam2_server.api.paths import IMAGES_PATH
 from sam2_server.api.pipeline import run_admitted, start_progressing
 from sam2_server.api.responses import NDJSON, accepts_ndjson, progress_stream, serialise
-from sam2_server.api.schemas import NATIVE_RESPONSES, RequestBody
+from sam2_server.api.schemas import NATIVE_RESPONSES
 from sam2_server.codecs.automatic import automatic_answer, estimate_answer_bytes
 from sam2_server.config import Settings, machine_memory_bytes
 from sam2_server.domain import AutomaticParams, ImageInfo, MaskRecord, Timings, Work
@@ -59,16 +57,10 @@ BYTES_PER_CANDIDATE_PIXEL = 4.5
 logger = logging.getLogger(__name__)
 
 
-class _RequestFields(RequestBody):
+class _RequestFields(MaskOutputFields):
     """SAM2AutomaticMaskGenerator's parameters, with the library's defaults."""
 
     model_id: str = Field("", description="Empty: the server's default model.")
-    mask_format: Literal["rle", "png", "polygon"] = Field(
-        "rle", description=MASK_FORMAT_DESCRIPTION
-    )
-    polygon_epsilon: float = Field(
-        0.0, description=POLYGON_EPSILON_DESCRIPTION, json_schema_extra=POLYGON_EPSILON_SCHEMA
-    )
 
     @field_validator("model_id", mode="before")
     @classmethod

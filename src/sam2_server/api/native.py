@@ -25,10 +25,8 @@ from sam2_server.api.admission import Admission, estimate_work_bytes
 from sam2_server.api.answers import Answers
 from sam2_server.api.deps import SegmenterDep, bearer_scheme
 from sam2_server.api.native_fields import (
-    MASK_FORMAT_DESCRIPTION,
-    POLYGON_EPSILON_DESCRIPTION,
-    POLYGON_EPSILON_SCHEMA,
     ImageId,
+    MaskOutputFields,
     cached_image,
     check_image_id,
     check_polygon_epsilon,
@@ -88,7 +86,7 @@ class AnswerReference(RequestBody):
     )
 
 
-class SegmentRequest(RequestBody):
+class SegmentRequest(MaskOutputFields):
     """Prompts on an uploaded image, in pixels of the original image (XYXY boxes)."""
 
     model_id: str = Field("", description="Empty: the server's default model.")
@@ -103,12 +101,6 @@ class SegmentRequest(RequestBody):
     multimask_output: bool = True
     normalize_coords: bool = True
     return_logits: bool = Field(True, description="Include the low-res logits (packed).")
-    mask_format: Literal["rle", "png", "polygon"] = Field(
-        "rle", description=MASK_FORMAT_DESCRIPTION
-    )
-    polygon_epsilon: float = Field(
-        0.0, description=POLYGON_EPSILON_DESCRIPTION, json_schema_extra=POLYGON_EPSILON_SCHEMA
-    )
 
     @field_validator("model_id", mode="before")
     @classmethod

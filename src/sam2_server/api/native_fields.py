@@ -7,12 +7,12 @@ the polygon mask's shape and its `polygon_epsilon`, and the segment answer
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic.config import JsonDict
 
 from sam2_server.api.admission import Ticket
@@ -20,6 +20,7 @@ from sam2_server.api.answers import Answers
 from sam2_server.api.observe import RequestRecord
 from sam2_server.api.pipeline import require_ready, start_request
 from sam2_server.api.responses import serialise
+from sam2_server.api.schemas import RequestBody
 from sam2_server.api.service import Segmenter
 from sam2_server.codecs.native import native_answer
 from sam2_server.domain import IMAGE_ID_PATTERN, ImageInfo, Prediction
@@ -49,6 +50,26 @@ POLYGON_EPSILON_DESCRIPTION = (
 )
 # The schema states the bound; the check below answers a 400 naming the field.
 POLYGON_EPSILON_SCHEMA: JsonDict = {"minimum": 0, "maximum": MAX_POLYGON_EPSILON}
+
+
+class MaskOutputFields(RequestBody):
+    """How masks come back, the same two fields on every native route that answers masks
+    (segment, automatic masks, video prompts and propagation). An explicit `null` is
+    the default, on each of them alike."""
+
+    mask_format: Literal["rle", "png", "polygon"] = Field(
+        "rle", description=MASK_FORMAT_DESCRIPTION
+    )
+    polygon_epsilon: float = Field(
+        0.0, description=POLYGON_EPSILON_DESCRIPTION, json_schema_extra=POLYGON_EPSILON_SCHEMA
+    )
+
+    @field_validator("mask_format", "polygon_epsilon", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any, info: Any) -> Any:
+        if value is None:
+            return cls.model_fields[info.field_name].default
+        return value
 
 
 class PolygonMask(BaseModel):

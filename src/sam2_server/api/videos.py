@@ -14,21 +14,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Path, Request, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from sam2_server.api.admission import Admission, Ticket
 from sam2_server.api.deps import SegmenterDep, bearer_scheme
 from sam2_server.api.errors import service_error_line
 from sam2_server.api.native_fields import (
-    MASK_FORMAT_DESCRIPTION,
-    POLYGON_EPSILON_DESCRIPTION,
-    POLYGON_EPSILON_SCHEMA,
+    MaskOutputFields,
     check_polygon_epsilon,
     in_native_names,
     json_array,
@@ -41,7 +39,7 @@ from sam2_server.api.pipeline import (
     start_request,
 )
 from sam2_server.api.responses import TicketedStream, json_response
-from sam2_server.api.schemas import NATIVE_RESPONSES, RequestBody
+from sam2_server.api.schemas import NATIVE_RESPONSES
 from sam2_server.codecs.video import frame_answer, frame_line, video_fields
 from sam2_server.config import MIB, Settings
 from sam2_server.domain import FrameMasks, Timings, VideoInfo, VideoPrompt
@@ -54,7 +52,9 @@ _VIDEO_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: NATIVE_RESPONSES[400],
     413: NATIVE_RESPONSES[400],
 }
-VideoId = Annotated[str, Path(description="The id `POST /v1/videos` answered.", max_length=64)]
+# No length bound: any id that is not a session's is the contract's 404 (its message
+# shows at most 64 characters of it).
+VideoId = Annotated[str, Path(description="The id `POST /v1/videos` answered.")]
 
 
 class VideoResponse(BaseModel):
@@ -85,7 +85,7 @@ class FrameResponse(BaseModel):
     objects: list[ObjectMask]
 
 
-class VideoPromptRequest(RequestBody):
+class VideoPromptRequest(MaskOutputFields):
     """Points and/or a box for one object on one frame, in pixels of the clip (XYXY box)."""
 
     frame_index: int = Field(..., ge=0)
@@ -97,15 +97,9 @@ class VideoPromptRequest(RequestBody):
         True, description="False: add to this object's earlier points on this frame."
     )
     normalize_coords: bool = True
-    mask_format: Literal["rle", "png", "polygon"] = Field(
-        "rle", description=MASK_FORMAT_DESCRIPTION
-    )
-    polygon_epsilon: float = Field(
-        0.0, description=POLYGON_EPSILON_DESCRIPTION, json_schema_extra=POLYGON_EPSILON_SCHEMA
-    )
 
 
-class PropagateRequest(RequestBody):
+class PropagateRequest(MaskOutputFields):
     start_frame_index: int | None = Field(
         None, ge=0, description="Null: the first frame with a prompt."
     )
@@ -113,17 +107,6 @@ class PropagateRequest(RequestBody):
         None, ge=0, description="Frames to track after the start one; null: to the end."
     )
     reverse: bool = False
-    mask_format: Literal["rle", "png", "polygon"] = Field(
-        "rle", description=MASK_FORMAT_DESCRIPTION
-    )
-    polygon_epsilon: float = Field(
-        0.0, description=POLYGON_EPSILON_DESCRIPTION, json_schema_extra=POLYGON_EPSILON_SCHEMA
-    )
-
-    @field_validator("mask_format", mode="before")
-    @classmethod
-    def _default_format(cls, value: Any) -> Any:
-        return "rle" if value is None else value
 
 
 def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
@@ -195,9 +178,9 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
     async def prompt_video(
         request: Request, segmenter: SegmenterDep, video_id: VideoId, body: VideoPromptRequest
     ) -> Response:
+        info = segmenter.videos.get(video_id)  # an unknown session is a 404 before any 400
         prompt = _video_prompt(body, limits)
         epsilon = check_polygon_epsilon(body.polygon_epsilon, body.mask_format)
-        info = segmenter.videos.get(video_id)
         objects = len(info.objects) + 1
         cost = 64 * MIB + objects * info.width * info.height * 6
 
@@ -215,7 +198,13 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
             200: {
                 "description": "One JSON object per line and frame, streamed as computed: "
                 '{"frame_index", "objects": [{"object_id", "mask"}]}.',
-                "content": {"application/x-ndjson": {"schema": FrameResponse.model_json_schema()}},
+                # A reference into the document's components (the prompts route puts
+                # FrameResponse and ObjectMask there), not a schema with its own $defs.
+                "content": {
+                    "application/x-ndjson": {
+                        "schema": {"$ref": "#/components/schemas/FrameResponse"}
+                    }
+                },
             },
             **_VIDEO_RESPONSES,
         },
@@ -281,7 +270,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
     async def remove_object(
         segmenter: SegmenterDep,
         video_id: VideoId,
-        object_id: Annotated[int, Path(ge=0, le=MAX_OBJECT_ID)],
+        object_id: Annotated[int, Path(description="An id the session tracks (else 404).")],
     ) -> Response:
         info = await run_in_threadpool(segmenter.videos.remove_object, video_id, object_id)
         return json_response(video_fields(info))
