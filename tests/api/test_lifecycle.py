@@ -235,7 +235,8 @@ def test_every_reference_in_the_openapi_document_resolves(client):
         assert ref.startswith("#/"), ref
         target: object = schema
         for part in ref[2:].split("/"):
-            assert isinstance(target, dict) and part in target, f"dangling {ref}"
+            assert isinstance(target, dict), f"dangling {ref}"
+            assert part in target, f"dangling {ref}"
             target = target[part]
     propagate = schema["paths"]["/v1/videos/{video_id}/propagate"]["post"]["responses"]["200"]
     ndjson = propagate["content"]["application/x-ndjson"]["schema"]
