@@ -206,6 +206,31 @@ def edgetam_engine(hf_edgetam: str):
 
 
 @pytest.fixture(scope="session")
+def edgetam_openvino(hf_edgetam: str, tmp_path_factory: pytest.TempPathFactory):
+    """An engine serving the same EdgeTAM with ENCODER_BACKEND=openvino, its image and
+    video models loaded, and the conversions that took (seconds each), into a cache of
+    its own."""
+    from sam2_server.config import Settings
+    from sam2_server.engine import Engine, openvino_backend
+
+    cache = tmp_path_factory.mktemp("openvino-edgetam")
+    conversions: list[float] = []
+    convert = openvino_backend.convert
+
+    def counted(*args, **kwargs) -> float:
+        conversions.append(convert(*args, **kwargs))
+        return conversions[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(openvino_backend, "default_cache_dir", lambda: cache)
+        patch.setattr(openvino_backend, "convert", counted)
+        engine = Engine(Settings(model_ids=(hf_edgetam,), device="cpu", encoder_backend="openvino"))
+        engine.load()
+        engine.models.video_model(hf_edgetam)
+    return engine, conversions
+
+
+@pytest.fixture(scope="session")
 def edgetam_reference(edgetam_repo: Path):
     """transformers' own `EdgeTamModel` and `Sam2Processor` on the same folder, as the
     model card loads them (nothing folded, nothing cached): the parity oracle."""

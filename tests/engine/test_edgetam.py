@@ -632,3 +632,44 @@ def test_an_image_only_repository_serves_images_and_refuses_video(edgetam_repo, 
         engine.models.video_model(str(folder))
     assert info.value.kind is ErrorKind.BAD_INPUT
     assert "/v1/models" in str(info.value)
+
+
+# -- ENCODER_BACKEND=openvino ------------------------------------------------------------
+
+
+def test_openvino_encoder_equals_transformers_within_1e6(
+    edgetam_openvino, hf_edgetam, edgetam_reference
+):
+    """The encode up to the embedding on OpenVINO (RepViT, neck, projections): within
+    1e-6 of transformers' own embedding; converted once for the image and video models
+    of the repository, which share it."""
+    from sam2_server.engine.edgetam import OpenVinoVision
+
+    engine, conversions = edgetam_openvino
+    image = engine.models.image_model(hf_edgetam).image
+    assert isinstance(image.vision, OpenVinoVision)
+    assert image.vision.nbytes > 1_000_000
+    assert image.cache_bytes >= image.vision.nbytes
+    assert len(conversions) == 1  # the video model compiled the image model's conversion
+    model, processor = edgetam_reference
+    embedding = engine.embed(hf_edgetam, DATA)
+    with torch.no_grad():
+        pixels = processor(images=picture(), return_tensors="pt")["pixel_values"]
+        want = model.get_image_embeddings(pixels)
+    got = (*embedding.high_res_feats, embedding.image_embed)
+    for ours, theirs in zip(got, want, strict=True):
+        assert ours.shape == theirs.shape
+        assert ours.is_contiguous()
+        assert float((ours - theirs).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["points", "several_boxes"])
+def test_openvino_clicks_equal_transformers(
+    edgetam_openvino, hf_edgetam, edgetam_reference, reference_features, name
+):
+    engine, _ = edgetam_openvino
+    case = dict(CASES[name])
+    arrays = {k: np.asarray(v) for k, v in case.items()}
+    want = reference_answer(edgetam_reference, reference_features, picture(), **arrays)
+    got = engine.segment(hf_edgetam, DATA, Prompt(**arrays))
+    assert_same(got, want, exact=False, logits_masks=True)

@@ -180,3 +180,10 @@ def test_remove_reset_and_bounds(edgetam_engine, hf_edgetam):
     finally:
         with contextlib.suppress(ServiceError):
             videos.close(video_id)
+
+
+def test_openvino_sessions_equal_transformers(edgetam_openvino, hf_edgetam, oracle):
+    """ENCODER_BACKEND=openvino: each frame encoded on OpenVINO (as the image model's
+    encode), the memory and decoder transformers'; every frame as transformers' own."""
+    engine, _ = edgetam_openvino
+    assert_same(served_run(engine.videos, hf_edgetam), oracle, exact=False)

@@ -28,7 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sam2_server.engine.edgetam import from_pretrained, image_config, speed_up
+from sam2_server.engine.edgetam import (
+    OpenVinoVision,
+    compile_vision,
+    from_pretrained,
+    image_config,
+    speed_up,
+)
 from sam2_server.engine.models import ModelNotFoundError, ModelSpec, read_hf_config
 
 __all__ = ["EdgeTamFrames", "EdgeTamVideoPredictor", "load_video_predictor"]
@@ -43,9 +49,15 @@ _PER_OBJECT = (
 
 
 def load_video_predictor(
-    spec: ModelSpec, weights: Path, device: torch.device
+    spec: ModelSpec,
+    weights: Path,
+    device: torch.device,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> EdgeTamVideoPredictor:
-    """The repository's `EdgeTamVideoModel` (folded as the image model is) and its processor."""
+    """The repository's `EdgeTamVideoModel` (folded as the image model is) and its
+    processor; with `backend` "openvino", each frame's encode on OpenVINO as the image
+    model's (`compile_vision`; the memory and the decoder stay transformers')."""
     from transformers import EdgeTamVideoConfig, EdgeTamVideoModel, Sam2VideoProcessor
 
     folder = weights.parent
@@ -66,7 +78,32 @@ def load_video_predictor(
         )
     processor: Any = Sam2VideoProcessor.from_pretrained(folder, local_files_only=True)
     speed_up(model)
-    return EdgeTamVideoPredictor(model.to(device).eval(), processor, device)
+    model = model.to(device).eval()
+    if backend == "openvino":
+        encode_frames_on(model, compile_vision(model, spec, weights, precision))
+    return EdgeTamVideoPredictor(model, processor, device)
+
+
+def encode_frames_on(model: Any, vision: OpenVinoVision) -> None:
+    """`model.get_image_features` (which the session calls once per frame it has not
+    encoded yet) answered by the compiled network, in transformers' shapes: each
+    feature map and its position encoding flattened to (H*W) x N x C, highest
+    resolution first. The position encodings are the neck's own (cached per size)."""
+    from transformers.models.edgetam_video import modeling_edgetam_video
+
+    # Typed as one tensor per field, it holds lists here, as transformers' own code fills it.
+    output: Any = modeling_edgetam_video.EdgeTamVideoVisionEncoderOutput
+    positions = model.vision_encoder.neck.position_encoding
+
+    def get_image_features(pixel_values: torch.Tensor, **_: Any) -> Any:
+        maps = vision.feature_maps(pixel_values)
+        encodings = [positions(m.shape, m.device, m.dtype) for m in maps]
+        return output(
+            fpn_hidden_states=[m.flatten(2).permute(2, 0, 1) for m in maps],
+            fpn_position_encoding=[e.flatten(2).permute(2, 0, 1) for e in encodings],
+        )
+
+    model.get_image_features = get_image_features
 
 
 class EdgeTamFrames(Mapping[int, torch.Tensor]):

@@ -246,18 +246,21 @@ class Models:
         from sam2_server.engine import edgetam
 
         settings = self.settings
-        if settings.encoder_backend != "torch" or settings.compile_encoder:
-            # Measured on a 2-core CPU: OpenVINO runs RepViT alone 1.4x faster, but a whole
-            # encode no faster than folded channels_last PyTorch (docs/models.md).
+        if settings.compile_encoder:
             logger.warning(
-                "%s: ENCODER_BACKEND=%s and COMPILE_ENCODER=%s apply to SAM2 models; this "
-                "%s model's encoder runs in PyTorch (batch norms folded, channels_last)",
+                "%s: COMPILE_ENCODER applies to SAM2 models; this %s model's encoder runs "
+                "in PyTorch (batch norms folded, channels_last) or, with "
+                "ENCODER_BACKEND=openvino, on OpenVINO",
                 spec.model_id,
-                settings.encoder_backend,
-                settings.compile_encoder,
                 spec.family,
             )
-        image = edgetam.load_image_model(spec, checkpoint, self.compute.device)
+        image = edgetam.load_image_model(
+            spec,
+            checkpoint,
+            self.compute.device,
+            backend=settings.encoder_backend,
+            precision=self._openvino_precision(),
+        )
         return LoadedModel(spec, image, weight_bytes(image.model) + image.cache_bytes)
 
     def _load_sam2_model(self, spec: ModelSpec, checkpoint: Path) -> LoadedModel:
@@ -285,9 +288,7 @@ class Models:
         """Swap the image encoder for its OpenVINO compilation; the bytes its weights take."""
         from sam2_server.engine import openvino_backend
 
-        # Explicit f32 unless bf16 was asked for by name: `auto`'s bf16 on a native-bf16
-        # CPU is PyTorch autocast's choice; OpenVINO is chosen for exact-enough speed.
-        precision = "bf16" if self.settings.precision == "bf16" else "fp32"
+        precision = self._openvino_precision()
         report = openvino_backend.install(model, model_id, checkpoint, spec.config, precision)
         logger.info(
             "%s's image encoder on OpenVINO (%s): %s, checkpoint hashed in %.1f s, "
@@ -302,6 +303,11 @@ class Models:
         assert isinstance(encoder, openvino_backend.OpenVinoImageEncoder)
         return encoder.nbytes
 
+    def _openvino_precision(self) -> str:
+        """Explicit f32 unless bf16 was asked for by name: `auto`'s bf16 on a native-bf16
+        CPU is PyTorch autocast's choice; OpenVINO is chosen for exact-enough speed."""
+        return "bf16" if self.settings.precision == "bf16" else "fp32"
+
     def _load_video_model(self, model_id: str) -> VideoPredictor:
         started = time.perf_counter()
         spec = resolve_spec(model_id, self.settings.model_config)
@@ -310,7 +316,13 @@ class Models:
             from sam2_server.engine import edgetam_video
 
             checkpoint = fetch_checkpoint(spec)
-            model = edgetam_video.load_video_predictor(spec, checkpoint, self.compute.device)
+            model = edgetam_video.load_video_predictor(
+                spec,
+                checkpoint,
+                self.compute.device,
+                backend=self.settings.encoder_backend,
+                precision=self._openvino_precision(),
+            )
         else:
             built = build_model(spec, fetch_checkpoint(spec), self.compute.device, VIDEO_OVERRIDES)
             assert isinstance(built, FixedVideoPredictor)

@@ -1,4 +1,7 @@
-"""ENCODER_BACKEND=openvino: SAM2's image encoder compiled by OpenVINO for the CPU.
+"""ENCODER_BACKEND=openvino: an image encoder compiled by OpenVINO for the CPU.
+
+SAM2's (`install`, below) and EdgeTAM's (edgetam.py, through `compile_cached`
+and `infer`): the conversion cache, compilation and inference are the same.
 
 The image encoder is ~95% of a CPU request's work (see engine.py), and
 OpenVINO's CPU plugin runs it faster than eager PyTorch (fused kernels, its
@@ -110,8 +113,9 @@ class _EncoderOutputs(torch.nn.Module):
         return (out["vision_features"], *out["vision_pos_enc"], *out["backbone_fpn"])
 
 
-def convert(encoder: torch.nn.Module, image_size: int, folder: Path) -> float:
-    """Trace and convert `encoder` (fp32, CPU) to OpenVINO IR in `folder`; the seconds taken."""
+def convert(network: torch.nn.Module, image_size: int, folder: Path) -> float:
+    """Trace and convert `network` (fp32, CPU; a tensor in, a tuple of tensors out) to
+    OpenVINO IR in `folder`; the seconds taken."""
     import openvino as ov
 
     started = time.perf_counter()
@@ -122,14 +126,14 @@ def convert(encoder: torch.nn.Module, image_size: int, folder: Path) -> float:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
         # OpenVINO traces with torch.jit.trace, which torch 2.14 deprecates (its problem).
         warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)
-        network = ov.convert_model(_EncoderOutputs(encoder).eval(), example_input=example)
+        converted = ov.convert_model(network.eval(), example_input=example)
     # Weights stay fp32 on disk: precision is the compile step's choice.
-    ov.save_model(network, folder / _XML, compress_to_fp16=False)
+    ov.save_model(converted, folder / _XML, compress_to_fp16=False)
     return time.perf_counter() - started
 
 
 def ensure_converted(
-    key: CacheKey, encoder: torch.nn.Module, cache_dir: Path
+    key: CacheKey, network: torch.nn.Module, cache_dir: Path
 ) -> tuple[Path, float | None]:
     """The cached IR for `key` (converted now if missing); seconds spent converting, or None.
 
@@ -144,7 +148,7 @@ def ensure_converted(
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=cache_dir))
     try:
-        seconds = convert(encoder, key.image_size, staging)
+        seconds = convert(network, key.image_size, staging)
         (staging / _META).write_text(json.dumps(key.meta(), indent=1))
         shutil.rmtree(entry, ignore_errors=True)
         try:
@@ -213,10 +217,17 @@ class OpenVinoImageEncoder(torch.nn.Module):
         }
 
     def _one(self, image: torch.Tensor) -> list[torch.Tensor]:
-        array = np.ascontiguousarray(image.detach().to("cpu", torch.float32).numpy())
-        request = self.compiled.create_infer_request()
-        result = request.infer({0: array})  # copies out: the tensors own their memory
-        return [torch.from_numpy(np.asarray(result[port])) for port in self.compiled.outputs]
+        return infer(self.compiled, image)
+
+
+def infer(compiled: Any, image: torch.Tensor) -> list[torch.Tensor]:
+    """One image (1 x 3 x S x S) through a compiled network: its outputs, in order, as
+    tensors that own their memory. One infer request per call, so that calls from
+    several threads never share one."""
+    array = np.ascontiguousarray(image.detach().to("cpu", torch.float32).numpy())
+    request = compiled.create_infer_request()
+    result = request.infer({0: array})  # copies out: the tensors own their memory
+    return [torch.from_numpy(np.asarray(result[port])) for port in compiled.outputs]
 
 
 @dataclass(frozen=True)
@@ -238,31 +249,46 @@ def install(
     cache_dir: Path | None = None,
 ) -> LoadReport:
     """Replace `model.image_encoder` (a SAM2Base on the CPU) by its OpenVINO compilation."""
-    import openvino as ov
-
-    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     image_size = int(model.image_size)  # type: ignore[arg-type]  # SAM2Base's plain int
     t0 = time.perf_counter()
     key = cache_key(model_id, checkpoint, config, image_size)
     hash_s = time.perf_counter() - t0
     encoder = model.image_encoder
     assert isinstance(encoder, torch.nn.Module)
-    entry, convert_s = ensure_converted(key, encoder, cache_dir)
-    t1 = time.perf_counter()
-    core = ov.Core()
-    hint = "bf16" if precision == "bf16" else "f32"
-    compiled = core.compile_model(
+    compiled, report = compile_cached(key, _EncoderOutputs(encoder), precision, cache_dir, hash_s)
+    levels = (len(compiled.outputs) - 1) // 2
+    model.image_encoder = OpenVinoImageEncoder(compiled, network_bytes(report.entry), levels)
+    return report
+
+
+def compile_cached(
+    key: CacheKey,
+    network: torch.nn.Module,
+    precision: str,
+    cache_dir: Path | None = None,
+    hash_s: float = 0.0,
+) -> tuple[Any, LoadReport]:
+    """`network` converted once (cached under `key`) and compiled for this CPU: f32
+    unless bf16 is asked for by name, with the server's threads."""
+    import openvino as ov
+
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+    entry, convert_s = ensure_converted(key, network, cache_dir)
+    started = time.perf_counter()
+    compiled = ov.Core().compile_model(
         str(entry / _XML),
         "CPU",
         {
-            "INFERENCE_PRECISION_HINT": hint,
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY",
             # The server's threads (torch's, set from OMP_NUM_THREADS or the cores; one
             # per CPU a cluster replica reserves), not OpenVINO's own guess.
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         },
     )
-    compile_s = time.perf_counter() - t1
-    levels = (len(compiled.outputs) - 1) // 2
-    model.image_encoder = OpenVinoImageEncoder(compiled, (entry / _BIN).stat().st_size, levels)
-    return LoadReport(entry, convert_s, compile_s, hash_s)
+    return compiled, LoadReport(entry, convert_s, time.perf_counter() - started, hash_s)
+
+
+def network_bytes(entry: Path) -> int:
+    """The bytes of a converted network's weights (what its compilation holds)."""
+    return (entry / _BIN).stat().st_size
