@@ -1,5 +1,9 @@
 """EdgeTAM against SAM2.1-tiny (and -large for a cold request), side by side in one run.
 
+EdgeTAM is measured twice: its encoder in (folded, channels_last) PyTorch, and
+with ENCODER_BACKEND=openvino (converted into the run's own folder; the
+conversion is part of the load, not of the figures).
+
 Each model runs in a child process of its own (so that its peak memory is
 its own), built with random weights at its real architecture and its
 1024x1024 input: EdgeTAM as transformers' conversion script builds the
@@ -16,7 +20,7 @@ Measured per model, through the engine the server runs:
    (SAM2's video predictor; transformers' `EdgeTamVideoModel` session);
 5. **peak memory**: the child's peak RSS.
 
-    .venv/bin/python bench/edgetam_vs_sam2.py          # ~10 minutes on 2 CPU cores
+    .venv/bin/python bench/edgetam_vs_sam2.py          # ~7 minutes on 2 CPU cores
     .venv/bin/python bench/edgetam_vs_sam2.py --skip-large --frames 4
 
 Prints one table and the ratios EdgeTAM / SAM2.1-tiny, with the CPU it ran on.
