@@ -197,7 +197,7 @@ def report(results: dict[str, dict[str, Any]]) -> None:
     ]
     names = [results[key]["model"] for key in results]
     print(f"CPU: {cpu_name()}, {os.cpu_count()} CPUs, torch threads {edge['threads']}, fp32")
-    ratios = "".join(f"{'/tiny' if m == 'edgetam' else 'OpenVINO/tiny':>16}" for m in edges)
+    ratios = "".join(f"{'EdgeTAM/tiny' if m == 'edgetam' else 'OpenVINO/tiny':>16}" for m in edges)
     print(f"{'measure':<44}" + "".join(f"{n:>22}" for n in names) + ratios)
     for label, key, unit in rows:
         cells = "".join(
