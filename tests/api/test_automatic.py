@@ -39,6 +39,7 @@ from sam2_server.domain import AutomaticParams, Work
 from sam2_server.engine.automatic import small_region_filter_available
 from sam2_server.errors import Cancelled
 from sam2_server.prompts import automatic_batches
+from tests.api.raw_asgi import post_scope
 from tests.api.test_errors import assert_error
 from tests.codecs.test_polygons import assert_within_tolerance
 from tests.conftest import image_bytes
@@ -517,24 +518,9 @@ def test_a_client_that_leaves_the_stream_stops_the_work(reduced_settings, reduce
             sent.append(message["body"])
             left.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": f"/v1/images/{uploaded}/automatic-masks",
-        "raw_path": b"",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"accept", b"application/x-ndjson"),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = post_scope(
+        f"/v1/images/{uploaded}/automatic-masks", body, accept="application/x-ndjson"
+    )
 
     async def run() -> None:
         await asyncio.wait_for(app(scope, receive, send), timeout=120)

@@ -26,6 +26,7 @@ from pycocotools import mask as coco_mask
 from sam2_server.api.errors import headers_of, status_of
 from sam2_server.codecs.polygons import rasterize
 from sam2_server.domain import FrameMasks
+from tests.api.raw_asgi import post_scope
 from tests.clips import rotate_mp4, write_mp4
 from tests.codecs.test_polygons import assert_within_tolerance
 from tests.conftest import VIDEO_FRAMES
@@ -458,23 +459,7 @@ def test_a_client_that_leaves_propagation_is_logged_499_and_the_session_is_freed
                 lines.append(message["body"])
                 left.set()
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": f"{VIDEOS}/{video_id}/propagate",
-            "raw_path": b"",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-            "client": ("127.0.0.1", 1),
-            "server": ("127.0.0.1", 80),
-        }
+        scope = post_scope(f"{VIDEOS}/{video_id}/propagate", body)
 
         async def run() -> None:
             await asyncio.wait_for(app(scope, receive, send), timeout=120)

@@ -284,7 +284,7 @@ def test_a_repository_missing_weights_of_its_config_is_refused(edgetam_repo, tmp
 def test_folded_channels_last_encoder_equals_transformers_within_1e6(
     edgetam_engine, hf_edgetam, edgetam_reference
 ):
-    model, processor = edgetam_reference
+    model = edgetam_reference[0]
     loaded = edgetam_engine.models.image_model(hf_edgetam)
     network = loaded.image.model
     # Folded: no batch norm left in RepViT (the reference has them), channels_last.
@@ -304,7 +304,13 @@ def test_folded_channels_last_encoder_equals_transformers_within_1e6(
     assert widths == [32, 64, 256, 256], widths
     assert not isinstance(model.mask_decoder.conv_s0, torch.nn.Identity)
 
-    embedding = edgetam_engine.embed(hf_edgetam, DATA)
+    assert_embedding_within_1e6(edgetam_engine, hf_edgetam, edgetam_reference)
+
+
+def assert_embedding_within_1e6(engine, model_id: str, reference) -> None:
+    """The served embedding of DATA against transformers' `get_image_embeddings`."""
+    model, processor = reference
+    embedding = engine.embed(model_id, DATA)
     with torch.no_grad():
         pixels = processor(images=picture(), return_tensors="pt")["pixel_values"]
         want = model.get_image_embeddings(pixels)
@@ -651,16 +657,7 @@ def test_openvino_encoder_equals_transformers_within_1e6(
     assert image.vision.nbytes > 1_000_000
     assert image.cache_bytes >= image.vision.nbytes
     assert len(conversions) == 1  # the video model compiled the image model's conversion
-    model, processor = edgetam_reference
-    embedding = engine.embed(hf_edgetam, DATA)
-    with torch.no_grad():
-        pixels = processor(images=picture(), return_tensors="pt")["pixel_values"]
-        want = model.get_image_embeddings(pixels)
-    got = (*embedding.high_res_feats, embedding.image_embed)
-    for ours, theirs in zip(got, want, strict=True):
-        assert ours.shape == theirs.shape
-        assert ours.is_contiguous()
-        assert float((ours - theirs).abs().max()) <= 1e-6
+    assert_embedding_within_1e6(engine, hf_edgetam, edgetam_reference)
 
 
 @pytest.mark.parametrize("name", ["points", "several_boxes"])
