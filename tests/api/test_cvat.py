@@ -173,7 +173,7 @@ def test_functions_list_one_interactor_per_model_as_cvat_reads_it(client, reduce
     assert read["state"] == "ready"
     assert read["port"] is None  # no "direct" invocation: see docs/tools.md
     assert model_id[-20:] in read["name"] or "..." in read["name"]
-    assert "Segment Anything 2" in read["description"]
+    assert "Segment Anything (" in read["description"]
     one = client.get(f"/api/functions/{read['id']}", headers=NUCLIO_HEADERS)
     assert one.status_code == 200
     assert one.json() == functions[read["id"]]

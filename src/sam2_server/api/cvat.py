@@ -93,7 +93,7 @@ def function_config(model_id: str, *, default: bool, unavailable: str | None) ->
     """
     shown = model_id if len(model_id) <= 80 else "..." + model_id[-77:]
     description = (
-        f"Segment Anything 2 ({shown}) on sam2-server: points and an optional box; the frame's "
+        f"Segment Anything ({shown}) on sam2-server: points and an optional box; the frame's "
         "embedding is cached, so further clicks on it cost only the prompt decoder."
     )
     if default:
@@ -105,7 +105,8 @@ def function_config(model_id: str, *, default: bool, unavailable: str | None) ->
             "labels": {"nuclio.io/project-name": "cvat"},
             "annotations": {
                 "type": "interactor",
-                "name": f"SAM2 {shown} (sam2-server)",
+                # The model id says which model (and family: SAM 2, EdgeTAM) answers.
+                "name": f"{shown} (sam2-server)",
                 "version": INTERACTOR_VERSION,
                 "spec": "[]",
                 "framework": "pytorch",

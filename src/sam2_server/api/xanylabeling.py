@@ -349,9 +349,10 @@ def _name_of(segmenter: Segmenter, model: str) -> str:
 
 
 def _metadata(model: str) -> dict[str, Any]:
-    """What their `BaseModel.get_metadata` answers for a SAM2 model."""
+    """What their `BaseModel.get_metadata` answers for a SAM2 model (any served model: its
+    name says which, SAM 2 or EdgeTAM)."""
     return {
-        "display_name": f"Segment Anything 2 ({_short_name(model)})",
+        "display_name": f"{_short_name(model)} (sam2-server)",
         "widgets": [dict(widget) for widget in WIDGETS],
         "params": {"model_id": model, "epsilon_factor": EPSILON_FACTOR, "multimask_output": False},
         "capabilities": {},
