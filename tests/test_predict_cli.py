@@ -269,3 +269,25 @@ def test_mask_input_files(tmp_path: Path) -> None:
     np.save(tmp_path / "small.npy", np.zeros((64, 64), np.float32))
     with pytest.raises(UsageError, match="256x256"):
         load_mask_input(str(tmp_path / "small.npy"))
+
+
+def test_model_id_names_an_edgetam_repository_too(hf_edgetam, edgetam_engine, tmp_path) -> None:
+    """`--model-id` takes either family: EdgeTAM by its repo id (from the HF cache,
+    offline), in-process; the masks and scores are the engine's for that model."""
+    done = predict(
+        str(IMAGE), *POINTS, "--model-id", hf_edgetam, "--device", "cpu", "-o", str(tmp_path)
+    )
+    assert done.returncode == 0, done.stderr
+    prompt = Prompt(
+        point_coords=np.array([[420, 300], [200.5, 150]], dtype=np.float64),
+        point_labels=np.array([1, 0]),
+        return_logits=False,
+    )
+    expected = edgetam_engine.segment(hf_edgetam, image_bytes("groceries.jpg"), prompt)
+    lines = printed(done.stdout)
+    assert [name for name, _ in lines] == [f"mask-{i}.png" for i in range(3)]
+    np.testing.assert_allclose([score for _, score in lines], expected.scores, atol=1e-6)
+    for i in range(3):
+        mask = png(tmp_path / f"mask-{i}.png")
+        assert mask.any()
+        np.testing.assert_array_equal(mask, np.where(expected.masks[i] > 0, 255, 0))
