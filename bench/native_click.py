@@ -21,32 +21,21 @@ are smooth, so its compact answers are smaller still.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
+import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import PHOTO, SIZE, serve_args, started
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic: the test models
-from tests.synthetic import write_checkpoint
+from machine import cpu_name
+from run import SIZE, tiny_with_photo
 
 POINT = [[500, 375]]
-
-
-def photo() -> bytes:
-    buffer = io.BytesIO()
-    Image.open(PHOTO).convert("RGB").resize(SIZE).save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue()
 
 
 def formats(url: str, image: bytes, image_id: str) -> dict[str, tuple[str, dict]]:
@@ -82,28 +71,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    image = photo()
-    image_id = hashlib.sha256(image).hexdigest()
-    with tempfile.TemporaryDirectory(prefix="sam2-click-") as tmp:
-        checkpoint = write_checkpoint(Path(tmp) / "sam2.1_hiera_tiny.pt", seed=0)
-        with (
-            started("sam2-server", serve_args(checkpoint)) as server,
-            httpx.Client(base_url=server.url, timeout=300) as client,
-        ):
-            upload = client.post("/v1/images", files={"image": ("p.jpg", image, "image/jpeg")})
-            upload.raise_for_status()
-            assert upload.json()["image_id"] == image_id
-            plan = formats(server.url, image, image_id)
-            sizes: dict[str, int] = {}
-            times: dict[str, list[float]] = {name: [] for name in plan}
-            for name, (kind, form) in plan.items():  # warm-up; the embedding is cached
-                sizes[name], _ = click(client, image, image_id, kind, form)
-            for _ in range(args.rounds):
-                for name, (kind, form) in plan.items():
-                    times[name].append(click(client, image, image_id, kind, form)[1])
+    with tiny_with_photo("sam2-click-") as (server, client, image, image_id):
+        plan = formats(server.url, image, image_id)
+        sizes: dict[str, int] = {}
+        times: dict[str, list[float]] = {name: [] for name in plan}
+        for name, (kind, form) in plan.items():  # warm-up; the embedding is cached
+            sizes[name], _ = click(client, image, image_id, kind, form)
+        for _ in range(args.rounds):
+            for name, (kind, form) in plan.items():
+                times[name].append(click(client, image, image_id, kind, form)[1])
     base_bytes = sizes["livepeer default"]
     base_time = statistics.median(times["livepeer default"])
-    print(f"one cached click, {SIZE[0]}x{SIZE[1]} photo, median of {args.rounds} (CPU)")
+    print(f"one cached click, {SIZE[0]}x{SIZE[1]} photo, median of {args.rounds}")
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} CPUs")
     print(f"{'answer':32} {'bytes':>12} {'x fewer':>8} {'latency':>9} {'ratio':>6}")
     for name in plan:
         median = statistics.median(times[name])

@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import io
 import json
-import platform
+import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,20 +43,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import PHOTO, SIZE, serve_args, started
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.synthetic: the test models
-from tests.synthetic import write_checkpoint
+from machine import cpu_name
+from run import SIZE, tiny_with_photo
 
 FIRST = [[500, 375]]  # the first click
 SECOND = [[500, 375], [620, 300]]  # the refining click: one more point
 GOAL = 100  # x fewer bytes than the Livepeer default, for a refining click
-
-
-def photo() -> bytes:
-    buffer = io.BytesIO()
-    Image.open(PHOTO).convert("RGB").resize(SIZE).save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue()
 
 
 def wire_bytes(response: httpx.Response) -> tuple[int, int]:
@@ -170,51 +159,35 @@ def mask_of(name: str, answer: dict) -> np.ndarray:
     return coco_mask.decode(rle).astype(bool)
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    image = photo()
-    image_id = hashlib.sha256(image).hexdigest()
-    with tempfile.TemporaryDirectory(prefix="sam2-refine-") as tmp:
-        checkpoint = write_checkpoint(Path(tmp) / "sam2.1_hiera_tiny.pt", seed=0)
-        with (
-            started("sam2-server", serve_args(checkpoint)) as server,
-            httpx.Client(base_url=server.url, timeout=300) as client,
-        ):
-            upload = client.post("/v1/images", files={"image": ("p.jpg", image, "image/jpeg")})
-            upload.raise_for_status()
-            assert upload.json()["image_id"] == image_id
-            clicks = Clicks(client, image, image_id)
-            plan = clicks.paths()
-            sizes: dict[str, tuple[int, int]] = {}
-            masks: dict[str, np.ndarray] = {}
-            for name, (kind, form) in plan.items():  # warm-up, sizes, and the same answer
-                response = clicks.click(kind, form)
-                sizes[name] = wire_bytes(response)
-                masks[name] = mask_of(name, response.json())
-            times: dict[str, list[float]] = {name: [] for name in plan}
-            for _ in range(args.rounds):
-                for name, (kind, form) in plan.items():
-                    started_at = time.perf_counter()
-                    clicks.click(kind, form)
-                    times[name].append(time.perf_counter() - started_at)
+    with tiny_with_photo("sam2-refine-") as (_, client, image, image_id):
+        clicks = Clicks(client, image, image_id)
+        plan = clicks.paths()
+        sizes: dict[str, tuple[int, int]] = {}
+        masks: dict[str, np.ndarray] = {}
+        for name, (kind, form) in plan.items():  # warm-up, sizes, and the same answer
+            response = clicks.click(kind, form)
+            sizes[name] = wire_bytes(response)
+            masks[name] = mask_of(name, response.json())
+        times: dict[str, list[float]] = {name: [] for name in plan}
+        for _ in range(args.rounds):
+            for name, (kind, form) in plan.items():
+                started_at = time.perf_counter()
+                clicks.click(kind, form)
+                times[name].append(time.perf_counter() - started_at)
     reference = masks["livepeer default"]
     for name, mask in masks.items():
         assert np.array_equal(mask, reference), f"{name}: not the Livepeer route's mask"
 
     base_up, base_down = sizes["livepeer default"]
     print(f"one refining click, {SIZE[0]}x{SIZE[1]} photo (truck.jpg), random-weight hiera-tiny")
-    print(f"CPU: {cpu_name()}; median latency of {args.rounds}; every path gives the same mask")
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} CPUs; median latency of {args.rounds}; "
+        "every path gives the same mask"
+    )
     header = f"{'path':47} {'up':>11} {'down':>12} {'total':>12} {'x fewer':>8} {'latency':>8}"
     print(header)
     for name in plan:

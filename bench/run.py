@@ -20,6 +20,7 @@ Prints medians and ratios, writes JSON (default bench/results/latest.json).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -231,6 +232,31 @@ def serve_args(checkpoint: Path, *extra: str) -> list[str]:
         *("-m", "sam2_server.cli", "serve", "--host", "127.0.0.1", "--device", "cpu"),
         *("--model-id", str(checkpoint), "--log-level", "warning", *extra),
     ]
+
+
+def photo_jpeg() -> bytes:
+    """PHOTO at SIZE, as a JPEG (quality 92): the image the click benchmarks send."""
+    buffer = io.BytesIO()
+    Image.open(PHOTO).convert("RGB").resize(SIZE).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+@contextmanager
+def tiny_with_photo(prefix: str) -> Iterator[tuple[Server, httpx.Client, bytes, str]]:
+    """sam2-server on a random-weight hiera-tiny, `photo_jpeg()` uploaded to it (so it is
+    encoded and cached): the server, a client for it, the photo and its image id."""
+    image = photo_jpeg()
+    image_id = hashlib.sha256(image).hexdigest()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        checkpoint = write_checkpoint(Path(tmp) / "sam2.1_hiera_tiny.pt", seed=0)
+        with (
+            started("sam2-server", serve_args(checkpoint)) as server,
+            httpx.Client(base_url=server.url, timeout=300) as client,
+        ):
+            upload = client.post("/v1/images", files={"image": ("p.jpg", image, "image/jpeg")})
+            upload.raise_for_status()
+            assert upload.json()["image_id"] == image_id
+            yield server, client, image, image_id
 
 
 def memory_run(folder: Path, count: int, cache_entries: int) -> dict:
