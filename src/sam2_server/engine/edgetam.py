@@ -49,12 +49,14 @@ from sam2_server.engine.automatic import AutomaticHooks, generate_masks
 from sam2_server.engine.embedding import Embedding
 from sam2_server.engine.family import EDGETAM
 from sam2_server.engine.models import (
+    HF_CONFIG,
     HF_PROCESSOR_FILES,
     CheckpointError,
     ModelNotFoundError,
     ModelSpec,
     read_hf_config,
 )
+from sam2_server.engine.registry import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ def load_image_model(
     from transformers.utils import logging as hf_logging
 
     folder = weights.parent
-    config = image_config(read_hf_config(folder / "config.json", spec.model_id), spec.model_id)
+    config = image_config(read_hf_config(folder / HF_CONFIG, spec.model_id), spec.model_id)
     quiet: Any = hf_logging.disable_progress_bar
     quiet()  # one progress bar per load in a server's log: noise
     model, info = from_pretrained(EdgeTamModel, config, spec, weights, "EdgeTAM")
@@ -151,7 +153,7 @@ def compile_vision(model: Any, spec: ModelSpec, weights: Path, precision: str) -
 
     size = int(model.config.prompt_encoder_config.image_size)
     started = time.perf_counter()
-    config = str(weights.parent / "config.json")
+    config = str(weights.parent / HF_CONFIG)
     key = openvino_backend.cache_key(spec.model_id, weights, config, size)
     hash_s = time.perf_counter() - started
     with torch.no_grad():
@@ -667,5 +669,5 @@ def from_pretrained(
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    """transformers' messages go on for lines: the first, at most 200 characters."""
+    return one_line(exc)[:200]

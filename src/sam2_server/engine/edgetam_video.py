@@ -35,7 +35,7 @@ from sam2_server.engine.edgetam import (
     image_config,
     speed_up,
 )
-from sam2_server.engine.models import ModelNotFoundError, ModelSpec, read_hf_config
+from sam2_server.engine.models import HF_CONFIG, ModelNotFoundError, ModelSpec, read_hf_config
 
 __all__ = ["EdgeTamFrames", "EdgeTamVideoPredictor", "load_video_predictor"]
 
@@ -61,7 +61,7 @@ def load_video_predictor(
     from transformers import EdgeTamVideoConfig, EdgeTamVideoModel, Sam2VideoProcessor
 
     folder = weights.parent
-    raw = read_hf_config(folder / "config.json", spec.model_id)
+    raw = read_hf_config(folder / HF_CONFIG, spec.model_id)
     image_config(raw, spec.model_id)  # the same checks: an EdgeTAM config, a RepViT backbone
     if raw.get("model_type") != "edgetam_video":
         raise ModelNotFoundError(

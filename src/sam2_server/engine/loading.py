@@ -33,9 +33,9 @@ from sam2_server.engine.models import (
     ModelSpec,
     build_model,
     fetch_checkpoint,
+    hf_config,
     image_predictor,
     load_config,
-    read_hf_config,
     resolve_spec,
 )
 from sam2_server.engine.registry import ModelRegistry, ModelState, one_line
@@ -192,7 +192,7 @@ class Models:
             return None  # read again after a while, as a failed load is retried
         try:
             spec = resolve_spec(model_id, self.settings.model_config)
-            traits = _Traits(spec.family, _input_size(spec), video=_does_video(spec))
+            traits = _traits(spec)
         except Exception as exc:  # missing or unreadable files: described, not raised
             self._traits_error[model_id] = (time.monotonic(), _describe_failure(exc))
             return None
@@ -385,34 +385,15 @@ class _Traits:
     video: bool
 
 
-def _does_video(spec: ModelSpec) -> bool:
-    """SAM2 always; another family when its config is a video model's (edgetam_video)."""
-    if spec.family == SAM2:
-        return True
-    return _hf_config(spec).get("model_type") == "edgetam_video"
-
-
-def _hf_config(spec: ModelSpec) -> dict[str, Any]:
-    """A transformers repository's config.json, from its folder or the HF cache."""
-    config_path = Path(spec.config)
-    if spec.repo_id is not None:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(repo_id=spec.repo_id, filename=spec.config)
-        if not isinstance(cached, str):
-            raise ModelLoadError(f"model {spec.model_id!r}: config.json is not cached")
-        config_path = Path(cached)
-    return read_hf_config(config_path, spec.model_id)
-
-
-def _input_size(spec: ModelSpec) -> int:
-    """The square input side, from the model's config alone (no weights read)."""
+def _traits(spec: ModelSpec) -> _Traits:
+    """What a model is, from its config alone (no weights read): SAM2's YAML, or another
+    family's config.json (a video model's when its model_type is edgetam_video)."""
     if spec.family == SAM2:
         size = load_config(spec.config).model.image_size
-    else:
-        raw = _hf_config(spec)
-        size = (raw.get("prompt_encoder_config") or {}).get("image_size", 1024)
-    return int(size)
+        return _Traits(spec.family, int(size), video=True)
+    raw = hf_config(spec)
+    size = (raw.get("prompt_encoder_config") or {}).get("image_size", 1024)
+    return _Traits(spec.family, int(size), video=raw.get("model_type") == "edgetam_video")
 
 
 def _video_bytes(predictor: VideoPredictor) -> int:

@@ -206,6 +206,20 @@ def _hub_config(repo_id: str) -> Path | None:
         return None
 
 
+def hf_config(spec: ModelSpec) -> dict[str, Any]:
+    """A transformers repository's config.json as a dict: from its folder, or from the
+    Hugging Face cache (where `resolve_spec` found it)."""
+    if spec.repo_id is None:
+        return read_hf_config(Path(spec.config), spec.model_id)
+    cached = _hub_config(spec.repo_id)
+    if cached is None:
+        raise ModelNotFoundError(
+            f"model {spec.model_id!r}: its {HF_CONFIG} is not in the Hugging Face cache; "
+            f"run `sam2-server download {spec.repo_id}`."
+        )
+    return read_hf_config(cached, spec.model_id)
+
+
 def read_hf_config(path: Path, model_id: str) -> dict[str, Any]:
     """A repository's config.json as a dict, or one line saying why it cannot be read."""
     try:

@@ -28,7 +28,6 @@ from PIL import Image
 from sam2_server.config import GIB, MIB, Settings, machine_memory_bytes
 from sam2_server.domain import FrameMasks, VideoInfo, VideoPrompt
 from sam2_server.engine.family import Frames, VideoPredictor
-from sam2_server.engine.video_predictor import FrameStore
 from sam2_server.errors import Cancelled, ErrorKind, ServiceError, bad_request
 from sam2_server.frames import Clip, frame_images, video_file
 
@@ -385,7 +384,8 @@ class VideoSessions:
     def _free(self, session: _Session) -> None:
         session.closed = True
         session.state = None
-        session.frames = FrameStore(session.frames.width, session.frames.height, 0)
+        # An empty store of the session's own family: the frames' memory is given back.
+        session.frames = session.predictor.frame_store(session.frames.width, session.frames.height)
         session.nbytes = 0
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
