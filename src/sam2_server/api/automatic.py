@@ -28,19 +28,18 @@ from sam2_server.api.native_fields import (
     ImageId,
     MaskOutputFields,
     PolygonMask,
-    check_polygon_epsilon,
     ready_image,
     start_by_id,
 )
 from sam2_server.api.paths import IMAGES_PATH
-from sam2_server.api.pipeline import run_admitted, start_progressing
+from sam2_server.api.pipeline import automatic_limits, run_admitted, start_progressing
 from sam2_server.api.responses import NDJSON, accepts_ndjson, progress_stream, serialise
 from sam2_server.api.schemas import NATIVE_RESPONSES
 from sam2_server.codecs.automatic import automatic_answer, estimate_answer_bytes
 from sam2_server.config import Settings, machine_memory_bytes
 from sam2_server.domain import AutomaticParams, ImageInfo, MaskRecord, Timings, Work
 from sam2_server.errors import bad_request
-from sam2_server.prompts import AutomaticLimits, automatic_batches, check_automatic
+from sam2_server.prompts import automatic_batches, check_automatic
 
 MIB = 1024 * 1024
 # The mask decoder's activations per point of a batch (the image embedding
@@ -171,7 +170,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
     ) -> Response:
         record, model = start_by_id(request, segmenter, body.model_id, image_id)
         params = automatic_params(body, settings)
-        epsilon = check_polygon_epsilon(body.polygon_epsilon, body.mask_format)
+        epsilon = body.checked_epsilon()
         info = await ready_image(segmenter, model, image_id)
         record.details.update(
             width=info.width,
@@ -223,13 +222,7 @@ def build_automatic_router(settings: Settings, admission: Admission) -> APIRoute
 def automatic_params(body: AutomaticMasksRequest, settings: Settings) -> AutomaticParams:
     """The body's parameters, or a 400 naming the first one out of its range or bound."""
     fields = body.model_dump(exclude={"model_id", "mask_format", "polygon_epsilon"})
-    limits = AutomaticLimits(
-        max_points_per_side=settings.max_points_per_side,
-        max_points_per_batch=settings.max_points_per_batch,
-        max_total_points=settings.max_automatic_points,
-        max_crop_layers=settings.max_crop_layers,
-    )
-    return check_automatic(AutomaticParams(**fields), limits)
+    return check_automatic(AutomaticParams(**fields), automatic_limits(settings))
 
 
 def automatic_work_bytes(params: AutomaticParams, height: int, width: int) -> int:

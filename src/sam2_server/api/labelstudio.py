@@ -63,6 +63,7 @@ from sam2_server.api.downloads import Downloader, RememberedUrls
 from sam2_server.api.errors import headers_of, message_of, status_of
 from sam2_server.api.paths import LABEL_STUDIO_PATH
 from sam2_server.api.pipeline import (
+    automatic_limits,
     check_model,
     prompt_limits,
     request_record,
@@ -81,7 +82,7 @@ from sam2_server.errors import (
     ServiceError,
     bad_request,
 )
-from sam2_server.prompts import AutomaticLimits, check_automatic, prompt_from_arrays
+from sam2_server.prompts import check_automatic, prompt_from_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -508,15 +509,7 @@ class LabelStudioBackend:
             params = AutomaticParams(**fields)
         except TypeError as exc:
             raise bad_request(f"extra_params.automatic: {exc}") from None
-        return check_automatic(
-            params,
-            AutomaticLimits(
-                max_points_per_side=self.settings.max_points_per_side,
-                max_points_per_batch=self.settings.max_points_per_batch,
-                max_total_points=self.settings.max_automatic_points,
-                max_crop_layers=self.settings.max_crop_layers,
-            ),
-        )
+        return check_automatic(params, automatic_limits(self.settings))
 
     # -- predict --------------------------------------------------------------------------
 

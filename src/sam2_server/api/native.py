@@ -29,7 +29,6 @@ from sam2_server.api.native_fields import (
     MaskOutputFields,
     cached_image,
     check_image_id,
-    check_polygon_epsilon,
     image_fields,
     in_native_names,
     json_array,
@@ -199,7 +198,7 @@ def build_native_router(settings: Settings, admission: Admission, answers: Answe
     ) -> Response:
         record, model = start_by_id(request, segmenter, body.model_id, image_id)
         prompt = await run_in_threadpool(_prompt, body, limits)
-        epsilon = check_polygon_epsilon(body.polygon_epsilon, body.mask_format)
+        epsilon = body.checked_epsilon()
         try:
             info = await ready_image(segmenter, model, image_id)
         except ImageNotCached:

@@ -71,6 +71,23 @@ class MaskOutputFields(RequestBody):
             return cls.model_fields[info.field_name].default
         return value
 
+    def checked_epsilon(self) -> float:
+        """`polygon_epsilon` checked: a finite number of pixels in its bound, and nonzero
+        only with polygons (another format would ignore it silently); a 400 naming it
+        otherwise (a 400, as every native check, not the schema's 422)."""
+        epsilon = self.polygon_epsilon
+        if not math.isfinite(epsilon) or not 0 <= epsilon <= MAX_POLYGON_EPSILON:
+            raise bad_request(
+                f"polygon_epsilon must be a number of pixels between 0 and "
+                f"{MAX_POLYGON_EPSILON:g}; got {epsilon!r}."
+            )
+        if epsilon and self.mask_format != "polygon":
+            raise bad_request(
+                f'polygon_epsilon simplifies polygons: it needs mask_format "polygon", not '
+                f"{self.mask_format!r}."
+            )
+        return float(epsilon)
+
 
 class PolygonMask(BaseModel):
     """A binary mask as polygons (mask_format `polygon`).
@@ -133,23 +150,6 @@ def in_native_names(error: ServiceError) -> ServiceError:
     for livepeer_name, native_name in _NATIVE_NAMES:
         message = message.replace(livepeer_name, native_name)
     return bad_request(message)
-
-
-def check_polygon_epsilon(value: float | None, mask_format: str) -> float:
-    """`polygon_epsilon` checked: a finite number of pixels in its bound, and nonzero only
-    with polygons (another format would ignore it silently); a 400 naming it otherwise."""
-    epsilon = 0.0 if value is None else value
-    if not math.isfinite(epsilon) or not 0 <= epsilon <= MAX_POLYGON_EPSILON:
-        raise bad_request(
-            f"polygon_epsilon must be a number of pixels between 0 and "
-            f"{MAX_POLYGON_EPSILON:g}; got {epsilon!r}."
-        )
-    if epsilon and mask_format != "polygon":
-        raise bad_request(
-            f'polygon_epsilon simplifies polygons: it needs mask_format "polygon", not '
-            f"{mask_format!r}."
-        )
-    return float(epsilon)
 
 
 def json_array(value: list[Any] | None, name: str) -> Any:

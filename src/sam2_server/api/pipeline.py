@@ -26,7 +26,7 @@ from sam2_server.api.service import Segmenter
 from sam2_server.config import Settings
 from sam2_server.domain import Prediction, Timings
 from sam2_server.errors import PIPELINE_ERROR, Cancelled, ErrorKind, ServiceError, bad_request
-from sam2_server.prompts import PromptLimits
+from sam2_server.prompts import AutomaticLimits, PromptLimits
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,16 @@ def prompt_limits(settings: Settings) -> PromptLimits:
         max_points=settings.max_points,
         max_objects=settings.max_objects,
         max_total_points=settings.max_total_points,
+    )
+
+
+def automatic_limits(settings: Settings) -> AutomaticLimits:
+    """The bounds of every automatic-mask generation, from the server's settings."""
+    return AutomaticLimits(
+        max_points_per_side=settings.max_points_per_side,
+        max_points_per_batch=settings.max_points_per_batch,
+        max_total_points=settings.max_automatic_points,
+        max_crop_layers=settings.max_crop_layers,
     )
 
 

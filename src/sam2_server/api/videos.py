@@ -27,7 +27,6 @@ from sam2_server.api.deps import SegmenterDep, bearer_scheme
 from sam2_server.api.errors import service_error_line
 from sam2_server.api.native_fields import (
     MaskOutputFields,
-    check_polygon_epsilon,
     in_native_names,
     json_array,
 )
@@ -38,7 +37,7 @@ from sam2_server.api.pipeline import (
     run_admitted,
     start_request,
 )
-from sam2_server.api.responses import TicketedStream, json_response
+from sam2_server.api.responses import NDJSON, TicketedStream, json_response
 from sam2_server.api.schemas import NATIVE_RESPONSES
 from sam2_server.codecs.video import frame_answer, frame_line, video_fields
 from sam2_server.config import MIB, Settings
@@ -180,7 +179,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
     ) -> Response:
         info = segmenter.videos.get(video_id)  # an unknown session is a 404 before any 400
         prompt = _video_prompt(body, limits)
-        epsilon = check_polygon_epsilon(body.polygon_epsilon, body.mask_format)
+        epsilon = body.checked_epsilon()
         objects = len(info.objects) + 1
         cost = 64 * MIB + objects * info.width * info.height * 6
 
@@ -200,11 +199,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
                 '{"frame_index", "objects": [{"object_id", "mask"}]}.',
                 # A reference into the document's components (the prompts route puts
                 # FrameResponse and ObjectMask there), not a schema with its own $defs.
-                "content": {
-                    "application/x-ndjson": {
-                        "schema": {"$ref": "#/components/schemas/FrameResponse"}
-                    }
-                },
+                "content": {NDJSON: {"schema": {"$ref": "#/components/schemas/FrameResponse"}}},
             },
             **_VIDEO_RESPONSES,
         },
@@ -216,7 +211,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
         request: Request, segmenter: SegmenterDep, video_id: VideoId, body: PropagateRequest
     ) -> Response:
         record = request_record(request)
-        epsilon = check_polygon_epsilon(body.polygon_epsilon, body.mask_format)
+        epsilon = body.checked_epsilon()
         info = segmenter.videos.get(video_id)
         cost = 64 * MIB + max(len(info.objects), 1) * info.width * info.height * 6
         ticket = await admission.acquire(cost)
@@ -255,7 +250,7 @@ def build_video_router(settings: Settings, admission: Admission) -> APIRouter:
         return TicketedStream(
             lines(),
             _Finish(steps, ticket),
-            media_type="application/x-ndjson",
+            media_type=NDJSON,
             stall_timeout_s=settings.body_read_timeout_s,
             record=record,  # a client that left is logged 499: the clip's answer never came
         )
