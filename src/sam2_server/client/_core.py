@@ -145,7 +145,7 @@ class _State:
             return
         logits = result.logits if result.logits.ndim == 4 else result.logits[None]
         named = [
-            ((model_id or "", result.image_id, _digest(logits[b, k])), (result.answer_id, [b, k]))
+            (_answer_key(model_id, result.image_id, logits[b, k]), (result.answer_id, [b, k]))
             for b in range(logits.shape[0])
             for k in range(logits.shape[1])
         ]
@@ -161,22 +161,23 @@ class _State:
         client was given exactly those logits for this image and model."""
         if prompt.mask_input is None:
             return None
-        key = (prompt.model_id or "", image_id, _digest(prompt.mask_input[0]))
+        key = _answer_key(prompt.model_id, image_id, prompt.mask_input[0])
         with self.lock:
             return self.answers.get(key)
 
     def forget_reference(self, prompt: _Prompt, image_id: str) -> None:
         """The server no longer keeps that answer: its logits travel packed from now on."""
         assert prompt.mask_input is not None
-        key = (prompt.model_id or "", image_id, _digest(prompt.mask_input[0]))
+        key = _answer_key(prompt.model_id, image_id, prompt.mask_input[0])
         with self.lock:
             self.answers.pop(key, None)
 
 
-def _digest(logits: np.ndarray) -> bytes:
-    """A 256 x 256 candidate's identity: its exact float32 bytes, hashed."""
+def _answer_key(model_id: str | None, image_id: str, logits: np.ndarray) -> tuple[str, str, bytes]:
+    """A 256 x 256 candidate's identity on one image and model: its exact float32 bytes,
+    hashed (what a remembered answer and a later mask_input are matched by)."""
     data = np.ascontiguousarray(logits, dtype="<f4").tobytes()
-    return hashlib.blake2b(data, digest_size=16).digest()
+    return (model_id or "", image_id, hashlib.blake2b(data, digest_size=16).digest())
 
 
 def _decoded(state: _State, answer: _Answer) -> Result:
