@@ -1,10 +1,11 @@
 // The native API as the page uses it: upload an image once, then prompt it (or
 // ask for every mask at once, its progress streamed). Every call reports what it
 // cost (bytes each way, milliseconds), to the report callback and on its answer
-// (`answer[REPORT]`), and turns an error answer into the server's own message
-// (`detail.msg`). A call aborted by its caller's signal rejects with the browser's
-// AbortError, unreported. `stream` reads an NDJSON answer line by line (automatic
-// masks' progress here, a video propagation in videoapi.js).
+// (`answer[REPORT]`; `reportLine` puts one in the pages' words), and turns an
+// error answer into the server's own message (`detail.msg`). A call aborted by
+// its caller's signal rejects with the browser's AbortError, unreported.
+// `stream` reads an NDJSON answer line by line (automatic masks' progress here,
+// a video propagation in videoapi.js).
 
 /** The key of an answer's own report: `answer[REPORT]`, {what, status, sent, received, ms}. */
 export const REPORT = Symbol("report");
@@ -156,12 +157,7 @@ export class Api {
     const report = { what, status: response.status, sent, received: bytes.byteLength, ms };
     this.onReport(report);
     const text = new TextDecoder().decode(bytes);
-    let data = null;
-    try {
-      data = JSON.parse(text);
-    } catch {
-      // not JSON: only an error answer can be (a proxy's page); handled below
-    }
+    const data = parse(text); // null when not JSON: only an error answer can be (a proxy's page)
     if (!response.ok) {
       throw new ApiError(response.status, errorMessage(response, data, text));
     }
@@ -180,6 +176,22 @@ export function parse(text) {
   } catch {
     return null;
   }
+}
+
+/**
+ * A report ({what, status, sent, received, ms}) as the pages' request line.
+ * `seconds`: a time of 10 s or more reads in seconds (video mode's long uploads
+ * and propagations), not milliseconds.
+ */
+export function reportLine({ what, status, sent, received, ms }, { seconds = false } = {}) {
+  const time = seconds && ms >= 10000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
+  return `${what} ${status || "no answer"} · ↑ ${formatBytes(sent)} ↓ ${formatBytes(received)} · ${time}`;
+}
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} kB`;
+  return `${(n / 1024 / 1024).toFixed(2)} MB`;
 }
 
 /** `error` with the answer's Retry-After, in seconds, as `error.retryAfter`. */

@@ -15,10 +15,11 @@
 // image is open uploads the same file again for it and asks its prompts anew:
 // nothing of the old model's (masks, answers named by answer_id) is kept.
 
-import { Api, ApiError, REPORT } from "./api.js";
+import { Api, ApiError, REPORT, reportLine } from "./api.js";
 import { everythingOverlay, parametersFromQuery } from "./everything.js";
+import { download } from "./export.js";
 import { maskOverlay } from "./mask.js";
-import { fetchModels, fillPicker, pickerTitle, shortName } from "./models.js";
+import { fetchModels, nameIn, offerModels, pickerTitle, takeModel } from "./models.js";
 import { base64ToBytes, candidateMaskInput, decodePacked } from "./packed.js";
 import { initVideo, isVideoFile } from "./video.js";
 import { Stage } from "./view.js";
@@ -575,8 +576,7 @@ function automaticMasks() {
 }
 
 function modelName(id) {
-  const model = state.models && state.models.find((m) => m.id === id);
-  return model ? model.name : shortName(id || "this model");
+  return nameIn(state.models, id, "this model");
 }
 
 // ---- models ------------------------------------------------------------
@@ -599,10 +599,8 @@ async function loadModels() {
   if (!models.length) return;
   state.models = models;
   // An image uploaded before the list came keeps the model it has (the default then).
-  const chosen = fillPicker(ui.model, models, { keep: state.modelId });
-  ui.model.closest("label").hidden = false;
-  const isDefault = models.some((m) => m.id === chosen && m.isDefault);
-  if (!state.modelId && isDefault) state.modelId = chosen; // an upload in flight went to it already
+  const { chosen, current } = offerModels(ui.model, models, state.modelId, { keep: state.modelId });
+  state.modelId = current;
   if (chosen !== state.modelId) pickModel(chosen);
   else showModel();
   video.setModels(models);
@@ -622,9 +620,7 @@ function showModel() {
  * models on the same clicks. Undo then goes back to the image alone.
  */
 function pickModel(id) {
-  if (id === state.modelId) return;
-  state.modelId = id;
-  if (ui.model.value !== id) ui.model.value = id;
+  if (!takeModel(state, ui.model, id)) return;
   showModel();
   if (!state.file) return;
   clearError();
@@ -697,33 +693,20 @@ async function showMask(result, index) {
 // answer, an undo or a clear then puts the line of what is shown back.
 
 function report(done) {
-  ui.status.dataset.request = requestLine(done);
+  ui.status.dataset.request = reportLine(done);
   if (done.what === "upload") ui.status.dataset.mask = "";
   updateStatus();
 }
 
-function requestLine(done) {
-  if (!done) return "";
-  const { what, status, sent, received, ms } = done;
-  const code = status ? `${status}` : "no answer";
-  return `${what} ${code} · ↑ ${bytes(sent)} ↓ ${bytes(received)} · ${Math.round(ms)} ms`;
-}
-
 /** The request that brought what is shown (a report, or null), and what the overlay shows. */
 function showStatus(request, mask) {
-  ui.status.dataset.request = requestLine(request);
+  ui.status.dataset.request = request ? reportLine(request) : "";
   ui.status.dataset.mask = mask;
   updateStatus();
 }
 
 function updateStatus() {
   ui.status.textContent = [ui.status.dataset.request, ui.status.dataset.mask].filter(Boolean).join(" · ");
-}
-
-function bytes(n) {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} kB`;
-  return `${(n / 1024 / 1024).toFixed(2)} MB`;
 }
 
 function showError(error) {
@@ -754,14 +737,8 @@ function downloadMask() {
   const entry = current();
   if (!entry.result) return;
   const png = base64ToBytes(entry.result.masks[entry.chosen]);
-  const url = URL.createObjectURL(new Blob([png], { type: "image/png" }));
-  const link = document.createElement("a");
-  link.href = url;
-  link.download = `${state.name.replace(/\.[^.]*$/, "") || "image"}-mask.png`;
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  const name = `${state.name.replace(/\.[^.]*$/, "") || "image"}-mask.png`;
+  download(new Blob([png], { type: "image/png" }), name, 10000);
 }
 
 // ---- modes and the list of keys ----------------------------------------

@@ -140,10 +140,13 @@ export function ownerOverlay(owner, colours, width, height) {
   return { overlay, shown };
 }
 
-/** Set owner = index on the mask's pixels. COCO RLE runs go down the columns
- * (Fortran order), alternating outside and inside, starting outside. Returns
- * the mask's area (its pixels, whether painted over or not). */
-export function paintRle(rle, width, height, owner, index) {
+/**
+ * The inside of a COCO RLE mask on a width×height frame, one column at a time:
+ * `piece(x, y, n)` for each n pixels down column x from row y. The runs go down
+ * the columns (Fortran order), alternating outside and inside, starting
+ * outside. Throws on what is not such a mask, or not one of that size.
+ */
+export function forEachRun(rle, width, height, piece) {
   if (!rle || typeof rle.counts !== "string") {
     throw new Error("a mask is not COCO RLE with a string of counts");
   }
@@ -159,26 +162,32 @@ export function paintRle(rle, width, height, owner, index) {
   }
   let x = 0;
   let y = 0;
-  let area = 0;
   for (let run = 0; run < counts.length; run++) {
-    const inside = run % 2 === 1;
     let n = counts[run];
-    if (!inside) {
-      // Skip whole columns at once, then the rest of one.
+    if (run % 2 === 0) {
+      // Outside: skip whole columns at once, then the rest of one.
       x += Math.floor((y + n) / height);
       y = (y + n) % height;
       continue;
     }
-    area += n;
-    while (n-- > 0) {
-      owner[y * width + x] = index;
-      if (++y === height) {
+    while (n > 0) {
+      const down = Math.min(n, height - y);
+      piece(x, y, down);
+      n -= down;
+      y += down;
+      if (y === height) {
         y = 0;
         x++;
       }
     }
   }
-  return area;
+}
+
+/** Set `owner` (a row-major typed array, width×height) to `index` on the mask's pixels. */
+export function paintRle(rle, width, height, owner, index) {
+  forEachRun(rle, width, height, (x, y, n) => {
+    for (let i = y * width + x; n-- > 0; i += width) owner[i] = index;
+  });
 }
 
 function hslToRgb(hue, saturation, lightness) {

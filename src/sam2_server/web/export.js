@@ -2,9 +2,10 @@
 // of PNG masks (one per frame and object) and a COCO-style JSON of the
 // server's own RLE masks. The ZIP is store-only (PNGs are compressed
 // already); the PNGs are 8-bit grayscale, 255 inside, as the server's own PNG
-// masks, deflated by the browser's CompressionStream.
+// masks, deflated by the browser's CompressionStream. `download` saves a file
+// for both pages (the image page's mask PNG too).
 
-import { decodeCounts } from "./everything.js";
+import { forEachRun, paintRle } from "./everything.js";
 
 // ---- CRC-32 (ZIP's and PNG's: polynomial 0xEDB88320, reflected) ---------
 
@@ -19,7 +20,7 @@ const CRC_TABLE = (() => {
 })();
 
 /** CRC-32 of `bytes` (Uint8Arrays, in order), continuing from `crc` (0 to start). */
-export function crc32(bytes, crc = 0) {
+function crc32(bytes, crc = 0) {
   let c = ~crc >>> 0;
   for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
   return ~c >>> 0;
@@ -140,52 +141,42 @@ async function deflate(bytes) {
 // ---- masks ---------------------------------------------------------------
 
 /**
- * A COCO RLE mask ({size: [h, w], counts: string}) as a row-major Uint8Array,
- * `on` inside and 0 outside; with its area and its COCO bbox [x, y, w, h]
- * (pycocotools' toBbox: [0, 0, 0, 0] for an empty mask).
+ * A COCO RLE mask ({size: [h, w], counts: string}) as a row-major Uint8Array
+ * of its own size, 255 inside and 0 outside (the server's PNG masks' values).
  */
-export function decodeMask(rle, on = 255) {
-  if (!rle || !Array.isArray(rle.size) || typeof rle.counts !== "string") {
-    throw new Error("a mask is not COCO RLE with a string of counts");
-  }
-  const [height, width] = rle.size;
-  const counts = decodeCounts(rle.counts);
-  let total = 0;
-  for (const c of counts) {
-    if (c < 0) throw new Error("a mask's RLE has a negative run");
-    total += c;
-  }
-  if (total !== width * height) throw new Error("a mask's RLE counts do not cover the frame");
+export function decodeMask(rle) {
+  const [height, width] = sizeOf(rle);
   const pixels = new Uint8Array(width * height);
+  paintRle(rle, width, height, pixels, 255);
+  return { pixels, width, height };
+}
+
+/**
+ * A COCO RLE mask's area and COCO bbox [x, y, w, h] (pycocotools' area and
+ * toBbox: [0, 0, 0, 0] for an empty mask), from its runs: no frame of pixels.
+ */
+export function maskBounds(rle) {
+  const [height, width] = sizeOf(rle);
   let area = 0;
   let x0 = width;
   let y0 = height;
   let x1 = -1;
   let y1 = -1;
-  let x = 0; // runs go down the columns (Fortran order), starting outside
-  let y = 0;
-  for (let run = 0; run < counts.length; run++) {
-    let n = counts[run];
-    if (run % 2 === 0) {
-      x += Math.floor((y + n) / height);
-      y = (y + n) % height;
-      continue;
-    }
+  forEachRun(rle, width, height, (x, y, n) => {
     area += n;
-    while (n-- > 0) {
-      pixels[y * width + x] = on;
-      if (x < x0) x0 = x;
-      if (x > x1) x1 = x;
-      if (y < y0) y0 = y;
-      if (y > y1) y1 = y;
-      if (++y === height) {
-        y = 0;
-        x++;
-      }
-    }
-  }
+    if (x < x0) x0 = x;
+    if (x > x1) x1 = x;
+    if (y < y0) y0 = y;
+    if (y + n - 1 > y1) y1 = y + n - 1;
+  });
   const bbox = area ? [x0, y0, x1 - x0 + 1, y1 - y0 + 1] : [0, 0, 0, 0];
-  return { pixels, width, height, area, bbox };
+  return { area, bbox };
+}
+
+/** The [height, width] a mask's RLE gives itself. */
+function sizeOf(rle) {
+  if (!rle || !Array.isArray(rle.size)) throw new Error("a mask is not COCO RLE with a string of counts");
+  return rle.size;
 }
 
 /**
@@ -208,7 +199,7 @@ export function cocoJson(video, masks, objectIds, date = new Date()) {
       height: video.height,
     });
     for (const [objectId, rle] of objects) {
-      const { area, bbox } = decodeMask(rle, 1);
+      const { area, bbox } = maskBounds(rle);
       annotations.push({
         id: annotations.length + 1,
         image_id: imageId,
@@ -245,6 +236,21 @@ export function cocoJson(video, masks, objectIds, date = new Date()) {
 function frameName(video, frame) {
   if (video.frameNames && video.frameNames[frame]) return video.frameNames[frame];
   return `${video.name}#${String(frame).padStart(5, "0")}`;
+}
+
+/**
+ * Save `blob` as the file `name`, through a link clicked for the user. Its
+ * object URL is revoked `keepMs` later, once the browser has taken the file.
+ */
+export function download(blob, name, keepMs) {
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), keepMs);
 }
 
 /** The ZIP's path of one mask: `object_<id>/<frame, 5 digits>.png`. */

@@ -76,6 +76,37 @@ export function fillPicker(select, models, { keep = "", usable = () => true, why
   return chosen;
 }
 
+/**
+ * Show a mode's `select`, filled with `models` (fillPicker's `options`), for a
+ * mode whose model is `current` ("" before it has one). Returns `chosen`, the
+ * id the picker shows, and `current`, the mode's model from now on: `chosen`
+ * when it had none and `chosen` is the default (the model an upload in flight,
+ * which named none, went to already). The mode picks `chosen` when it differs.
+ */
+export function offerModels(select, models, current, options) {
+  const chosen = fillPicker(select, models, options);
+  select.closest("label").hidden = false;
+  const isDefault = models.some((m) => m.id === chosen && m.isDefault);
+  return { chosen, current: !current && isDefault ? chosen : current };
+}
+
+/**
+ * Make `id` the model of `mode` (an object with `modelId`), shown in `select`.
+ * False when it already was: nothing changed, nothing to do.
+ */
+export function takeModel(mode, select, id) {
+  if (id === mode.modelId) return false;
+  mode.modelId = id;
+  if (select.value !== id) select.value = id;
+  return true;
+}
+
+/** Model `id`'s short name: the one `models` give it, else from the id itself (`unnamed` for ""). */
+export function nameIn(models, id, unnamed) {
+  const model = models && models.find((m) => m.id === id);
+  return model ? model.name : shortName(id || unnamed);
+}
+
 /** The tooltip of a picker: the model it names, and what its choice does. */
 export function pickerTitle(models, id, what) {
   const model = models.find((m) => m.id === id);

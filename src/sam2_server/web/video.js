@@ -15,11 +15,11 @@
 // (still uploading, or nothing prompted yet); otherwise the session stays on
 // its model, and the page says so and offers "Re-open with <model>".
 
-import { Api, ApiError } from "./api.js";
+import { Api, ApiError, reportLine } from "./api.js";
 import { maskColour, ownerOverlay, paintRle } from "./everything.js";
-import { cocoJson, decodeMask, encodePngGray, maskPath, zipStore } from "./export.js";
+import { cocoJson, decodeMask, download, encodePngGray, maskPath, zipStore } from "./export.js";
 import { FrameSource } from "./frames.js";
-import { fillPicker, pickerTitle, shortName } from "./models.js";
+import { nameIn, offerModels, pickerTitle, takeModel } from "./models.js";
 import { VideoApi } from "./videoapi.js";
 import { Stage } from "./view.js";
 
@@ -93,6 +93,7 @@ export function initVideo({ getToken }) {
     models: null, // the served models (models.js), once the server has said
     uploadingModel: "", // the model the upload in flight names
     expired: false, // the server has forgotten the session (404): `live()` is false
+    playbackFps: DEFAULT_FPS, // Play's rate: the clip's frame rate, once the session says
     frame: 0, // the frame asked for
     shownFrame: -1, // the frame on screen (its picture decoded)
     objects: [], // [{id, rgb, css, prompted}] in the order added
@@ -146,20 +147,18 @@ export function initVideo({ getToken }) {
       kind = "frames";
       chosen = images.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
     }
-    closeSession({ quiet: true });
-    const epoch = ++vs.epoch;
+    closeSession({ quiet: true }); // a new epoch: whatever is in flight for the old clip is dropped
+    const epoch = vs.epoch;
     Object.assign(vs, {
       kind,
       files: chosen,
       name: kind === "video" ? chosen[0].name || "video" : framesName(chosen),
-      expired: false,
       frame: 0,
       shownFrame: -1,
       shownSize: null,
       displayable: false,
       notes,
     });
-    clearSessionState();
     ui.stageRoot.classList.remove("empty");
     ui.stageRoot.dataset.kind = kind;
     try {
@@ -267,14 +266,12 @@ export function initVideo({ getToken }) {
   function setModels(models) {
     vs.models = models;
     const keep = vs.modelId || (vs.session ? vs.session.modelId : "");
-    const chosen = fillPicker(ui.model, models, {
+    const { chosen, current } = offerModels(ui.model, models, vs.modelId, {
       keep,
       usable: (m) => m.video,
       why: () => "no video",
     });
-    ui.model.closest("label").hidden = false;
-    const isDefault = models.some((m) => m.id === chosen && m.isDefault);
-    if (!vs.modelId && isDefault) vs.modelId = chosen; // an upload in flight went to it already
+    vs.modelId = current;
     if (chosen !== vs.modelId) pickModel(chosen);
     else showModel();
   }
@@ -289,8 +286,7 @@ export function initVideo({ getToken }) {
   }
 
   function modelName(id) {
-    const model = vs.models && vs.models.find((m) => m.id === id);
-    return model ? model.name : shortName(id || "the default model");
+    return nameIn(vs.models, id, "the default model");
   }
 
   /** The session (or the upload in flight) is another model's than the one picked. */
@@ -319,9 +315,7 @@ export function initVideo({ getToken }) {
    * session with work keeps its model until "Re-open with …" is pressed.
    */
   function pickModel(id) {
-    if (id === vs.modelId) return;
-    vs.modelId = id;
-    if (ui.model.value !== id) ui.model.value = id;
+    if (!takeModel(vs, ui.model, id)) return;
     showModel();
     if (!otherModel()) {
       if (vs.session) showStatus(`Back on ${modelName(id)}, this session's model.`);
@@ -341,16 +335,8 @@ export function initVideo({ getToken }) {
    * session, if the server still has it, is closed.
    */
   function reopen() {
-    const old = live() ? vs.session : null;
-    if (vs.tracking) vs.tracking.abort.abort();
-    if (vs.uploading) vs.uploading.abort();
-    vs.uploading = null;
-    vs.epoch++;
-    clearSessionState();
-    vs.expired = false;
-    drawMask();
-    render();
-    if (old) videoApi.close(old.videoId).catch(() => {}); // the server's idle timeout frees it otherwise
+    closeSession({ quiet: true });
+    vs.uploading = null; // aborted: its own finally comes later, and must not hold up the new one
     upload();
   }
 
@@ -379,7 +365,9 @@ export function initVideo({ getToken }) {
 
   /**
    * Close the session on the server and forget it: Close (`quiet` false: the
-   * clip goes too), or a new clip replacing it (the caller sets the new one up).
+   * clip goes too), or a new clip or a new upload replacing it (the caller
+   * sets the new one up). Either way a new epoch: whatever is in flight for
+   * the old session (tracking, an upload, queued requests) is dropped.
    */
   async function closeSession({ quiet = false } = {}) {
     const session = live() ? vs.session : null;
@@ -748,7 +736,7 @@ export function initVideo({ getToken }) {
     mark("sam2:play", { from: vs.frame >= frames - 1 ? 0 : vs.frame });
     if (vs.tracking) vs.tracking.follow = false;
     render();
-    const interval = 1000 / (vs.playbackFps || DEFAULT_FPS);
+    const interval = 1000 / vs.playbackFps;
     let frame = vs.frame >= frames - 1 ? 0 : vs.frame;
     let due = performance.now();
     while (vs.playing === playing) {
@@ -806,12 +794,12 @@ export function initVideo({ getToken }) {
       const entries = [];
       for (const [frame, objects] of masks) {
         for (const [objectId, rle] of objects) {
-          const { pixels, width, height } = decodeMask(rle, 255);
+          const { pixels, width, height } = decodeMask(rle);
           entries.push({ name: maskPath(objectId, frame), data: await encodePngGray(pixels, width, height) });
           if (entries.length % 16 === 0) showStatus(`Exporting ${entries.length} / ${total} masks…`);
         }
       }
-      download(zipStore(entries), `${baseName()}-masks.zip`);
+      download(zipStore(entries), `${baseName()}-masks.zip`, 30000);
       showStatus(`Exported ${total} masks (${masks.length} frames) as PNG files in a ZIP.`);
     } catch (error) {
       showError(`Could not export the masks: ${error.message}`);
@@ -842,22 +830,11 @@ export function initVideo({ getToken }) {
       };
       const ids = [...new Set(masks.flatMap(([, objects]) => objects.map(([id]) => id)))].sort((a, b) => a - b);
       const json = JSON.stringify(cocoJson(video, masks, ids));
-      download(new Blob([json], { type: "application/json" }), `${baseName()}-coco.json`);
+      download(new Blob([json], { type: "application/json" }), `${baseName()}-coco.json`, 30000);
       showStatus(`Exported ${masks.length} frames' masks as COCO JSON (RLE).`);
     } catch (error) {
       showError(`Could not export the masks: ${error.message}`);
     }
-  }
-
-  function download(blob, name) {
-    const url = URL.createObjectURL(blob);
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = name;
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 30000);
   }
 
   // ---- drawing ---------------------------------------------------------------
@@ -1026,9 +1003,8 @@ export function initVideo({ getToken }) {
   }
 
   /** The last request's cost: what, status, bytes each way, time. */
-  function showRequest({ what, status, sent, received, ms }) {
-    const time = ms >= 10000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
-    ui.request.textContent = `${what} ${status || "no answer"} · ↑ ${bytes(sent)} ↓ ${bytes(received)} · ${time}`;
+  function showRequest(done) {
+    ui.request.textContent = reportLine(done, { seconds: true });
   }
 
   /** An error in plain words, with what to do; a 404 means the session is gone. */
@@ -1164,19 +1140,13 @@ export function isVideoFile(file) {
 }
 
 /** Object `id`'s colour: the palette's, then golden-angle hues. */
-export function objectColour(id) {
+function objectColour(id) {
   return id >= 1 && id <= OBJECT_COLOURS.length ? OBJECT_COLOURS[id - 1] : maskColour(id);
 }
 
 function framesName(files) {
   if (files.length === 1) return files[0].name;
   return `${files[0].name} – ${files[files.length - 1].name}`;
-}
-
-function bytes(n) {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} kB`;
-  return `${(n / 1024 / 1024).toFixed(2)} MB`;
 }
 
 function sleep(ms) {

@@ -36,12 +36,7 @@ export class VideoApi {
       xhr.addEventListener("load", () => {
         const text = xhr.responseText || "";
         report(xhr.status, text.length);
-        let data = null;
-        try {
-          data = JSON.parse(text);
-        } catch {
-          // not JSON: handled below
-        }
+        const data = parse(text); // null when not JSON: handled below
         if (xhr.status < 200 || xhr.status >= 300) {
           const response = { status: xhr.status, statusText: xhr.statusText };
           reject(withRetry(new ApiError(xhr.status, errorMessage(response, data, text)), xhr.getResponseHeader("Retry-After")));
