@@ -40,6 +40,7 @@ FRAMES = VIDEO_FRAMES[:6]
 # work, not the few hundred milliseconds eight frames took, which a loaded CI
 # machine's click could miss.
 MAX_FRAMES = 40
+BUSY_ATTEMPTS = 5  # holds tried, each a propagation that ends by itself
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TRACK_TIMEOUT_MS = 120_000
 
@@ -431,17 +432,25 @@ def test_video_stop_errors_and_leaving(page, video_server, tmp_path):
     assert prompt.value.status == 200
 
     # Busy: a propagation from elsewhere holds the session; the page's prompt is
-    # a 409, explained.
-    with (
-        httpx.Client(timeout=60, headers=AUTH) as client,
-        client.stream("POST", video + "/propagate", json={}) as held,
-    ):
-        assert held.status_code == 200
-        next(held.iter_lines())
-        with page.expect_response(is_prompt) as busy:
-            marks.click(position={"x": 320, "y": 220})
-        assert busy.value.status == 409
-        wait_for_text(page, "v-error", "The server is busy with this video")
+    # a 409, explained. The hold is a real propagation, which ends by itself: on a
+    # loaded machine the page's click can come after its last frame (the prompt is
+    # then rightly a 200), and the check is made again with a new hold. That a held
+    # session refuses every other call is tested without a race in
+    # tests/engine/test_video.py; here it is what the page makes of the 409.
+    for attempt in range(1, BUSY_ATTEMPTS + 1):
+        with (
+            httpx.Client(timeout=60, headers=AUTH) as client,
+            client.stream("POST", video + "/propagate", json={}) as held,
+        ):
+            assert held.status_code == 200
+            next(held.iter_lines())
+            with page.expect_response(is_prompt) as busy:
+                marks.click(position={"x": 320, "y": 220})
+            if busy.value.status == 409:
+                wait_for_text(page, "v-error", "The server is busy with this video")
+                break
+            assert busy.value.status == 200
+            assert attempt < BUSY_ATTEMPTS, "the page's prompt never met the held session"
 
     # Stop: the stream is closed, the server stops, and what came is kept. (The
     # held propagation ends at its frame in progress: until then, Track is a 409.)
