@@ -29,7 +29,6 @@ Prints one table and the ratios EdgeTAM / SAM2.1-tiny, with the CPU it ran on.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -47,28 +46,12 @@ sys.path.insert(0, str(ROOT))  # tests.synthetic: the random-weight models
 from machine import cpu_name  # noqa: E402
 
 FRAMES = sorted((ROOT / "tests/data/video-bedroom").glob("*.jpg"))
-PHOTO = ROOT / "tests/data/truck.jpg"
 MODELS = {
     "edgetam": "EdgeTAM (RepViT-M1)",
     "edgetam-openvino": "EdgeTAM, OpenVINO",
     "tiny": "SAM2.1 Hiera-T",
     "large": "SAM2.1 Hiera-L",
 }
-
-
-def images(count: int) -> list[bytes]:
-    """`truck.jpg` at 1024x768, each copy with a different corner (new bytes, new hash)."""
-    from PIL import Image
-
-    base = Image.open(PHOTO).convert("RGB").resize((1024, 768))
-    out = []
-    for i in range(count):
-        picture = base.copy()
-        picture.paste((i * 37 % 256, i * 91 % 256, 7), (0, 0, 8, 8))
-        buffer = io.BytesIO()
-        picture.save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
 
 
 def build(name: str, folder: Path) -> tuple[str, str | None]:
@@ -91,6 +74,7 @@ def child(name: str, frames: int, full: bool) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from run import SIZE, Images
     from sam2_server.config import Settings
     from sam2_server.domain import AutomaticParams, Prompt
     from sam2_server.engine import Engine
@@ -116,7 +100,8 @@ def child(name: str, frames: int, full: bool) -> dict[str, Any]:
         engine.load()
         result["load_s"] = time.perf_counter() - started
         prompt = Prompt(point_coords=np.array([[500.0, 375.0]]), point_labels=np.array([1]))
-        fresh = images(4)
+        photos = Images(SIZE)  # truck.jpg at 1024x768, each copy new bytes (a new hash)
+        fresh = [photos.new() for _ in range(4)]
         engine.segment(model_id, fresh[0], prompt)  # warm-up: first-call costs are not cold's
         cold = []
         for data in fresh[1:]:

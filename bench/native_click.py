@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu_name
-from run import SIZE, tiny_with_photo
+from run import SIZE, post_click, tiny_with_photo
 
 POINT = [[500, 375]]
 
@@ -55,16 +55,10 @@ def formats(url: str, image: bytes, image_id: str) -> dict[str, tuple[str, dict]
 def click(
     client: httpx.Client, image: bytes, image_id: str, kind: str, args: dict
 ) -> tuple[int, float]:
+    """The answer's bytes, and seconds until the whole of it has arrived."""
     started_at = time.perf_counter()
-    if kind == "form":
-        response = client.post(
-            "/segment-anything-2", data=args, files={"image": ("p.jpg", image, "image/jpeg")}
-        )
-    else:
-        response = client.post(f"/v1/images/{image_id}/segment", json=args)
-    elapsed = time.perf_counter() - started_at
-    response.raise_for_status()
-    return len(response.content), elapsed
+    response = post_click(client, image, image_id, kind, args)
+    return len(response.content), time.perf_counter() - started_at
 
 
 def main() -> int:

@@ -48,15 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name
 from run import ROOT, serve_args, started
 
-sys.path.insert(0, str(ROOT))  # tests.synthetic: the test models
-from tests.synthetic import REDUCED_OVERRIDES, write_checkpoint, write_config
+sys.path.insert(0, str(ROOT))  # tests: the test models, and the page tests' Chromium
+from tests.synthetic import VIDEO_TEST_OVERRIDES, write_checkpoint, write_config
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-VIEWPORT = {"width": 1200, "height": 760}
 BEDROOM = sorted((ROOT / "tests/data/video-bedroom").glob("*.jpg"))
-# The tests' video model (tests/conftest.py VIDEO_TEST_OVERRIDES): 16x16 feature maps.
-VIDEO_OVERRIDES = (*REDUCED_OVERRIDES, "++model.image_size=256")
 CLICKS = [(0.45, 0.5), (0.25, 0.35), (0.7, 0.6), (0.6, 0.25)]  # one per object, of the stage
 TRACK_TIMEOUT_MS = 600_000
 
@@ -178,8 +174,8 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="sam2-playback-") as tmp:
         folder = Path(tmp)
-        config = write_config(folder / "video.yaml", overrides=VIDEO_OVERRIDES)
-        checkpoint = write_checkpoint(folder / "video.pt", overrides=VIDEO_OVERRIDES, seed=5)
+        config = write_config(folder / "video.yaml", overrides=VIDEO_TEST_OVERRIDES)
+        checkpoint = write_checkpoint(folder / "video.pt", overrides=VIDEO_TEST_OVERRIDES, seed=5)
         server_args = serve_args(checkpoint, "--model-config", str(config))
         env = {"VIDEO_MAX_FRAMES": str(max(args.frames))}
         with (

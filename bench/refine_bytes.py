@@ -44,7 +44,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import cpu_name
-from run import SIZE, tiny_with_photo
+from run import SIZE, post_click, tiny_with_photo
 
 FIRST = [[500, 375]]  # the first click
 SECOND = [[500, 375], [620, 300]]  # the refining click: one more point
@@ -69,7 +69,6 @@ class Clicks:
         self.client = client
         self.image = image
         self.image_id = image_id
-        self.segment = f"/v1/images/{image_id}/segment"
         livepeer_first = self.livepeer({"point_coords": json.dumps(FIRST), "point_labels": "[1]"})
         scores = json.loads(livepeer_first["scores"])
         self.best = int(np.argmax(scores))  # sorted best first: 0
@@ -88,16 +87,10 @@ class Clicks:
         self.reference = {"answer_id": page_first["answer_id"], "index": self.best}
 
     def livepeer(self, form: dict) -> dict:
-        response = self.client.post(
-            "/segment-anything-2", data=form, files={"image": ("p.jpg", self.image, "image/jpeg")}
-        )
-        response.raise_for_status()
-        return response.json()
+        return self.click("form", form).json()
 
     def native(self, body: dict) -> dict:
-        response = self.client.post(self.segment, json=body)
-        response.raise_for_status()
-        return response.json()
+        return self.click("json", body).json()
 
     def paths(self) -> dict[str, tuple[str, dict]]:
         """name -> (route kind, the refining click's form or body)."""
@@ -137,13 +130,7 @@ class Clicks:
         }
 
     def click(self, kind: str, args: dict) -> httpx.Response:
-        if kind == "form":
-            files = {"image": ("p.jpg", self.image, "image/jpeg")}
-            response = self.client.post("/segment-anything-2", data=args, files=files)
-        else:
-            response = self.client.post(self.segment, json=args)
-        response.raise_for_status()
-        return response
+        return post_click(self.client, self.image, self.image_id, kind, args)
 
 
 def mask_of(name: str, answer: dict) -> np.ndarray:

@@ -259,6 +259,21 @@ def tiny_with_photo(prefix: str) -> Iterator[tuple[Server, httpx.Client, bytes, 
             yield server, client, image, image_id
 
 
+def post_click(
+    client: httpx.Client, image: bytes, image_id: str, kind: str, args: dict
+) -> httpx.Response:
+    """One click on `tiny_with_photo`'s server: `kind` "form" is the Livepeer route (the
+    image sent with `args` as its form), "json" the native segment route (`args` the body,
+    on the uploaded image's id). Raises for a status that is not 2xx."""
+    if kind == "form":
+        files = {"image": ("p.jpg", image, "image/jpeg")}
+        response = client.post("/segment-anything-2", data=args, files=files)
+    else:
+        response = client.post(f"/v1/images/{image_id}/segment", json=args)
+    response.raise_for_status()
+    return response
+
+
 def memory_run(folder: Path, count: int, cache_entries: int) -> dict:
     config = write_config(folder / "reduced.yaml", overrides=REDUCED_OVERRIDES)
     checkpoint = write_checkpoint(folder / "reduced.pt", overrides=REDUCED_OVERRIDES, seed=3)

@@ -46,6 +46,7 @@ import pytest  # noqa: E402
 from tests.synthetic import (  # noqa: E402
     REDUCED_OVERRIDES,
     TINY_CONFIG,
+    VIDEO_TEST_OVERRIDES,
     write_checkpoint,
     write_config,
 )
@@ -91,11 +92,8 @@ def reduced_model(tmp_path_factory: pytest.TempPathFactory) -> LocalModel:
     return LocalModel(checkpoint, config)
 
 
-# Video tests: the reduced model at a 256x256 input (16x16 feature maps), so that
-# SAM2's memory attention, which grows with the square of the feature map, costs
-# well under a second per frame on two CPU cores. The library adapts every part
-# to the input size (RoPE, positional embeddings, mask upsampling).
-VIDEO_TEST_OVERRIDES = (*REDUCED_OVERRIDES, "++model.image_size=256")
+# Video tests: the reduced model at a 256x256 input (tests/synthetic.py's
+# VIDEO_TEST_OVERRIDES, imported from here too), on the bedroom frames.
 VIDEO_FRAMES = sorted((DATA / "video-bedroom").glob("*.jpg"))
 
 
@@ -238,6 +236,22 @@ def edgetam_reference(edgetam_repo: Path):
 
     model = EdgeTamModel.from_pretrained(edgetam_repo).eval()
     return model, Sam2Processor.from_pretrained(edgetam_repo)
+
+
+@pytest.fixture(scope="session")
+def edgetam_reference_features(edgetam_reference):
+    """The oracle's `get_image_embeddings` of groceries.jpg (the processor's pixels), made
+    once per run: the engine's parity tests (tests/engine/test_edgetam.py) and the API's
+    (tests/api/test_models.py) both feed it to the oracle, and on CPU it costs an encode."""
+    import torch
+    from PIL import Image
+
+    model, processor = edgetam_reference
+    picture = Image.open(DATA / "groceries.jpg").convert("RGB")
+    with torch.no_grad():
+        return model.get_image_embeddings(
+            processor(images=picture, return_tensors="pt")["pixel_values"]
+        )
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,12 @@ REDUCED_OVERRIDES = (
     "++model.memory_attention.num_layers=1",
 )
 
+# The video tests' model (and bench/playback_latency.py's): the reduced model at a 256x256
+# input (16x16 feature maps), so that SAM2's memory attention, which grows with the square
+# of the feature map, costs well under a second per frame on two CPU cores. The library
+# adapts every part to the input size (RoPE, positional embeddings, mask upsampling).
+VIDEO_TEST_OVERRIDES = (*REDUCED_OVERRIDES, "++model.image_size=256")
+
 
 def write_config(
     path: Path, config_name: str = TINY_CONFIG, overrides: tuple[str, ...] = ()

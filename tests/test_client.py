@@ -43,7 +43,14 @@ from sam2_server.client import (
 )
 from sam2_server.domain import Prompt
 from tests.conftest import DATA, VIDEO_FRAMES, image_bytes
-from tests.e2e.process import Server, free_port, serving_local
+from tests.e2e.process import (
+    Server,
+    free_port,
+    metric,
+    requests_counted,
+    serving_local,
+    wait_until,
+)
 
 TOKEN = "client-token"
 # The reduced model's embedding is 16.8 MB (fp32): room for two images, not three.
@@ -697,21 +704,19 @@ def test_leaving_during_progress_stops_the_servers_work(server: Server) -> None:
         raise Stop
 
     route = "/v1/images/{id}/automatic-masks"
-    before = requests_counted(server, route, 499), requests_counted(server, route, 200)
+
+    def counted(status: int) -> float:
+        return requests_counted(server.url, route, status, TOKEN)
+
+    before = counted(499), counted(200)
     slow = {**RELAXED, "points_per_side": 16, "points_per_batch": 4}  # 64 batches
     with Client(server.url, TOKEN) as client, pytest.raises(Stop):
         client.automatic_masks(small_photo(), progress=stop, **slow)
-    deadline = time.monotonic() + 60
-    while requests_counted(server, route, 499) == before[0]:
-        assert time.monotonic() < deadline, "no 499 for the request left"
-        time.sleep(0.1)
-    assert requests_counted(server, route, 200) == before[1]
-    inflight = _metric(server, "sam2_inflight_requests")
-    deadline = time.monotonic() + 60
-    while inflight:  # the work stopped at its next batch and gave its memory back
-        assert time.monotonic() < deadline, "the generation did not stop"
-        time.sleep(0.1)
-        inflight = _metric(server, "sam2_inflight_requests")
+    assert wait_until(lambda: counted(499) != before[0], 60, 0.1), "no 499 for the request left"
+    assert counted(200) == before[1]
+    # The work stopped at its next batch and gave its memory back.
+    stopped = wait_until(lambda: not metric(server.url, "sam2_inflight_requests", TOKEN), 60, 0.1)
+    assert stopped, "the generation did not stop"
 
 
 def test_an_automatic_error_line_is_a_sam2_error() -> None:
@@ -730,19 +735,6 @@ def test_an_automatic_error_line_is_a_sam2_error() -> None:
         client.automatic_masks(b"image", progress=lambda *p: seen.append(p))
     assert (caught.value.status, caught.value.message) == (400, "too big")
     assert seen == [(1, 2)]
-
-
-def requests_counted(server: Server, route: str, status: int) -> float:
-    return _metric(server, f'sam2_requests_total{{route="{route}",status="{status}"}}')
-
-
-def _metric(server: Server, name: str) -> float:
-    """A sample of the server's /metrics (0 before any)."""
-    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line[len(name) + 1 :])
-    return 0.0
 
 
 def test_automatic_options_are_the_librarys_names() -> None:

@@ -9,7 +9,6 @@ recently used first, go with their image, and an answer no longer kept is a
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
@@ -17,11 +16,11 @@ import shutil
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from sam2_server.api import create_app
 from sam2_server.api.answers import Answers
 from sam2_server.codecs.native import pack_array, unpack_array
+from tests.api.test_automatic import small_png
 from tests.api.test_errors import assert_error
 from tests.api.test_native import DATA, IMAGE, IMAGE_ID
 from tests.api.test_parity import BOXES, LABELS, POINTS
@@ -293,9 +292,8 @@ def test_answers_go_with_their_image(app_with, reduced_settings):
     # The cache holds one embedding from now on: the next upload evicts ours.
     embedding = engine.encoder.cached(engine.default_model_id, IMAGE_ID)
     engine.encoder.cache.max_bytes = embedding.nbytes
-    small = io.BytesIO()  # another image, whose embedding fits the bound
-    Image.open(io.BytesIO(DATA)).resize((96, 64)).save(small, format="PNG")
-    assert client.post("/v1/images", files={"image": ("g.png", small.getvalue())}).is_success
+    small = small_png()  # another image, whose embedding fits the bound
+    assert client.post("/v1/images", files={"image": ("g.png", small)}).is_success
     assert engine.encoder.cached(engine.default_model_id, IMAGE_ID) is None
 
     response = segment(client, **REFINE, mask_input=_ref(first, 0))

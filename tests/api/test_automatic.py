@@ -14,7 +14,6 @@ points: the mask decoder, not the image size, is the cost on CPU.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import inspect
@@ -39,7 +38,7 @@ from sam2_server.domain import AutomaticParams, Work
 from sam2_server.engine.automatic import small_region_filter_available
 from sam2_server.errors import Cancelled
 from sam2_server.prompts import automatic_batches
-from tests.api.raw_asgi import post_scope
+from tests.api.raw_asgi import leave_mid_answer
 from tests.api.test_errors import assert_error
 from tests.codecs.test_polygons import assert_within_tolerance
 from tests.conftest import image_bytes
@@ -503,35 +502,16 @@ def test_a_client_that_leaves_the_stream_stops_the_work(reduced_settings, reduce
     app = create_app(reduced_settings, counted, load=False)
     body = json.dumps({"points_per_side": 16, "points_per_batch": 4, **RELAXED}).encode()
     total = 64
-    left = asyncio.Event()
-    sent: list[bytes] = []
-
-    async def receive():
-        if not sent:
-            sent.append(b"")
-            return {"type": "http.request", "body": body, "more_body": False}
-        await left.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        if message["type"] == "http.response.body" and b"progress" in message.get("body", b""):
-            sent.append(message["body"])
-            left.set()
-
-    scope = post_scope(
-        f"/v1/images/{uploaded}/automatic-masks", body, accept="application/x-ndjson"
+    sent = leave_mid_answer(
+        app,
+        f"/v1/images/{uploaded}/automatic-masks",
+        body,
+        accept="application/x-ndjson",
+        leave_after=lambda chunk: b"progress" in chunk,
+        # the work ends at its next batch, then gives its memory back
+        settled=lambda: app.state.admission.in_use == 0 and counted.ended.is_set(),
     )
-
-    async def run() -> None:
-        await asyncio.wait_for(app(scope, receive, send), timeout=120)
-        admission = app.state.admission
-        for _ in range(1200):  # the work ends at its next batch, then gives its memory back
-            if admission.in_use == 0 and counted.ended.is_set():
-                return
-            await asyncio.sleep(0.05)
-
-    asyncio.run(run())
-    assert json.loads(sent[1]) == {"progress": {"done": 1, "total": total}}
+    assert json.loads(sent[0]) == {"progress": {"done": 1, "total": total}}
     assert counted.ended.is_set()
     assert isinstance(counted.outcome, Cancelled)
     assert counted.batches <= 3 < total  # stopped within a batch or two of leaving

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from pycocotools import mask as coco_mask
 
 from sam2_server.api import create_app
 from sam2_server.api.cvat import cvat_mask_points, function_name, mask_bounds, reads_shapes
+from tests.api import native
 from tests.api.test_errors import assert_error
 from tests.conftest import image_bytes
 
@@ -119,14 +119,7 @@ def ui_mask_before_2_60(answer: dict[str, Any], width: int, height: int) -> np.n
 
 
 def native_best(client: TestClient, data: bytes, **prompt: Any) -> np.ndarray:
-    image_id = client.post("/v1/images", files={"image": ("frame", data)}).json()["image_id"]
-    answer = client.post(
-        f"/v1/images/{image_id}/segment",
-        json={**prompt, "multimask_output": True, "return_logits": False},
-    )
-    assert answer.status_code == 200, answer.text
-    best = answer.json()["masks"][0]
-    return coco_mask.decode({"size": best["size"], "counts": best["counts"].encode()}) > 0
+    return native.native_best(client, data, **prompt, multimask_output=True)[0]
 
 
 def invoke(client: TestClient, name: str, body: dict[str, Any], agent: str | None = CVAT_NEW):

@@ -156,36 +156,26 @@ def test_localhost_and_127_0_0_1_are_different_names(files: FileServer) -> None:
     assert fetch(downloader(f"localhost:{files.port}"), f"http://localhost:{files.port}/a.png")
 
 
-def test_localhost_resolving_to_ipv6_first_reaches_an_ipv4_server(
-    files: FileServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Most hosts files name ::1 first; Label Studio's runserver listens on IPv4 only."""
-    files.serve("/a.png", PNG)
-    real = socket.getaddrinfo
-
-    def ipv6_first(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        found = real(host, port, *args, **kwargs)
-        if host == "localhost":
-            dead = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))
-            return [dead, *found]
-        return found
-
-    monkeypatch.setattr(socket, "getaddrinfo", ipv6_first)
-    url = f"http://localhost:{files.port}/a.png"
-    assert fetch(downloader(f"localhost:{files.port}"), url) == PNG
-
-
-def test_a_name_falls_back_to_its_next_address(
-    files: FileServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("family", "dead_host"),
+    [
+        # Most hosts files name ::1 first; Label Studio's runserver listens on IPv4 only.
+        pytest.param(socket.AF_INET6, "::1", id="ipv6-first"),
+        # 127.0.0.2 is loopback too, but nothing listens there.
+        pytest.param(socket.AF_INET, "127.0.0.2", id="dead-ipv4-first"),
+    ],
+)
+def test_localhost_falls_back_past_an_address_nothing_listens_on(
+    files: FileServer, monkeypatch: pytest.MonkeyPatch, family: int, dead_host: str
 ) -> None:
     files.serve("/a.png", PNG)
     real = socket.getaddrinfo
 
     def dead_first(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         found = real(host, port, *args, **kwargs)
-        if host == "localhost":  # 127.0.0.2 is loopback too, but nothing listens there
-            dead = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port))
-            return [dead, *found]
+        if host == "localhost":
+            address = (dead_host, port, 0, 0) if family == socket.AF_INET6 else (dead_host, port)
+            return [(family, socket.SOCK_STREAM, 6, "", address), *found]
         return found
 
     monkeypatch.setattr(socket, "getaddrinfo", dead_first)

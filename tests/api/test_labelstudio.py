@@ -30,6 +30,7 @@ from pycocotools import mask as coco_mask
 
 from sam2_server.api import create_app
 from sam2_server.codecs.brush import decode_mask, mask2rle
+from tests.api.native import native_best
 from tests.api.test_downloads import FileServer, file_server, reply
 from tests.conftest import image_bytes
 
@@ -130,20 +131,6 @@ def setup_body(project: str = PROJECT, **changes: Any) -> dict[str, Any]:
 
 def pixels(percent: float, size: int) -> float:
     return percent * size / 100
-
-
-def native_best(
-    client: TestClient, image: bytes = IMAGE, **prompt: Any
-) -> tuple[np.ndarray, float]:
-    """The native API's best mask and score for `prompt` (pixels) on `image`."""
-    uploaded = client.post("/v1/images", files={"image": ("i.jpg", image, "image/jpeg")})
-    assert uploaded.status_code == 200, uploaded.text
-    image_id = uploaded.json()["image_id"]
-    answer = client.post(f"/v1/images/{image_id}/segment", json={**prompt, "return_logits": False})
-    assert answer.status_code == 200, answer.text
-    best = answer.json()["masks"][0]
-    mask = coco_mask.decode({"size": best["size"], "counts": best["counts"].encode()})
-    return mask.astype(bool), answer.json()["scores"][0]
 
 
 def only_region(answer: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +248,7 @@ def test_a_keypoint_is_the_native_apis_best_mask(client: TestClient, model_id: s
     answer = response.json()
     region = only_region(answer)
     want, score = native_best(
-        client, points=[[pixels(40.5, WIDTH), pixels(55.25, HEIGHT)]], labels=[1]
+        client, IMAGE, points=[[pixels(40.5, WIDTH), pixels(55.25, HEIGHT)]], labels=[1]
     )
     np.testing.assert_array_equal(region_mask(region), want)
     assert answer["results"][0]["score"] == score
@@ -289,6 +276,7 @@ def test_every_region_of_a_context_is_one_prompt(client: TestClient) -> None:
     region = only_region(client.post("/labelstudio/predict", json=predict_body(regions)).json())
     want, _ = native_best(
         client,
+        IMAGE,
         points=[
             [pixels(30, WIDTH), pixels(40, HEIGHT)],
             [pixels(60, WIDTH), pixels(50, HEIGHT)],
@@ -304,7 +292,7 @@ def test_a_rectangle_alone_is_a_box_prompt(client: TestClient) -> None:
     body = predict_body([rectangle(10, 20, 35, 50, label="Person")])
     region = only_region(client.post("/labelstudio/predict", json=body).json())
     box = [pixels(10, WIDTH), pixels(20, HEIGHT), pixels(45, WIDTH), pixels(70, HEIGHT)]
-    want, _ = native_best(client, box=box)
+    want, _ = native_best(client, IMAGE, box=box)
     np.testing.assert_array_equal(region_mask(region), want)
     assert region["value"]["brushlabels"] == ["Person"]
 
@@ -315,7 +303,7 @@ def test_a_rotated_rectangle_prompts_with_its_bounding_box(client: TestClient) -
     region = only_region(client.post("/labelstudio/predict", json=body).json())
     x, y = pixels(50, WIDTH), pixels(20, HEIGHT)
     w, h = pixels(20, WIDTH), pixels(30, HEIGHT)
-    want, _ = native_best(client, box=[x - h, y, x, y + w])
+    want, _ = native_best(client, IMAGE, box=[x - h, y, x, y + w])
     np.testing.assert_array_equal(region_mask(region), want)
 
 
@@ -323,7 +311,9 @@ def test_a_keypoint_without_is_positive_is_a_positive_point(client: TestClient) 
     point = keypoint(40, 50)
     del point["is_positive"]
     region = only_region(client.post("/labelstudio/predict", json=predict_body([point])).json())
-    want, _ = native_best(client, points=[[pixels(40, WIDTH), pixels(50, HEIGHT)]], labels=[1])
+    want, _ = native_best(
+        client, IMAGE, points=[[pixels(40, WIDTH), pixels(50, HEIGHT)]], labels=[1]
+    )
     np.testing.assert_array_equal(region_mask(region), want)
 
 
@@ -364,7 +354,9 @@ def test_regions_on_another_image_are_left_out(client: TestClient) -> None:
     regions = [keypoint(40, 50), keypoint(10, 10, to_name="second")]
     body = predict_body(regions, config=config, task=task)
     region = only_region(client.post("/labelstudio/predict", json=body).json())
-    want, _ = native_best(client, points=[[pixels(40, WIDTH), pixels(50, HEIGHT)]], labels=[1])
+    want, _ = native_best(
+        client, IMAGE, points=[[pixels(40, WIDTH), pixels(50, HEIGHT)]], labels=[1]
+    )
     np.testing.assert_array_equal(region_mask(region), want)
 
 
@@ -374,7 +366,9 @@ def test_a_value_list_image_takes_the_regions_item(client: TestClient) -> None:
     body = predict_body([keypoint(40, 50, item_index=1)], config=config, task=task)
     region = only_region(client.post("/labelstudio/predict", json=body).json())
     assert region["item_index"] == 1
-    want, _ = native_best(client, points=[[pixels(40, WIDTH), pixels(50, HEIGHT)]], labels=[1])
+    want, _ = native_best(
+        client, IMAGE, points=[[pixels(40, WIDTH), pixels(50, HEIGHT)]], labels=[1]
+    )
     np.testing.assert_array_equal(region_mask(region), want)
 
 

@@ -54,16 +54,6 @@ def served(reduced_model, hf_edgetam):
         yield client, engine
 
 
-@pytest.fixture(scope="module")
-def oracle_features(edgetam_reference):
-    import torch
-
-    model, processor = edgetam_reference
-    pixels = processor(images=picture(), return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        return model.get_image_embeddings(pixels)
-
-
 def models(client) -> dict:
     response = client.get("/v1/models")
     assert response.status_code == 200, response.text
@@ -130,7 +120,7 @@ def test_the_models_route_is_in_the_schema(served):
 
 
 def test_livepeer_route_answers_edgetam_in_sam2s_shapes(
-    served, hf_edgetam, edgetam_reference, oracle_features
+    served, hf_edgetam, edgetam_reference, edgetam_reference_features
 ):
     client, engine = served
     form = {"model_id": hf_edgetam, "point_coords": json.dumps(POINTS), "point_labels": "[1, 0]"}
@@ -150,7 +140,7 @@ def test_livepeer_route_answers_edgetam_in_sam2s_shapes(
     np.testing.assert_array_equal(body["logits"], direct.logits)
     want = reference_answer(
         edgetam_reference,
-        oracle_features,
+        edgetam_reference_features,
         picture(),
         point_coords=np.array(POINTS),
         point_labels=np.array(LABELS),
@@ -161,7 +151,7 @@ def test_livepeer_route_answers_edgetam_in_sam2s_shapes(
 
 
 def test_native_api_and_mask_input_round_trip_on_edgetam(
-    served, hf_edgetam, edgetam_reference, oracle_features
+    served, hf_edgetam, edgetam_reference, edgetam_reference_features
 ):
     client, _ = served
     upload = client.post(
@@ -179,7 +169,7 @@ def test_native_api_and_mask_input_round_trip_on_edgetam(
     ).json()
     want = reference_answer(
         edgetam_reference,
-        oracle_features,
+        edgetam_reference_features,
         picture(),
         point_coords=np.array([[400, 250]]),
         point_labels=np.array([1]),

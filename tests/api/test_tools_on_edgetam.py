@@ -31,6 +31,7 @@ from pycocotools import mask as coco_mask
 from sam2_server.api import create_app
 from sam2_server.api.cvat import function_name
 from sam2_server.codecs.brush import mask2rle
+from tests.api import native
 from tests.api.test_cvat import (
     CVAT_NEW,
     CVAT_OLD,
@@ -107,13 +108,7 @@ def upload(served: Served, model: str) -> str:
 
 def native_best(served: Served, model: str, **prompt: Any) -> np.ndarray:
     """The native API's first (best-scored) mask for `prompt` on DATA, by `model`."""
-    body = {"model_id": model, "return_logits": False, **prompt}
-    path = f"/v1/images/{upload(served, model)}/segment"
-    answer = served.client.post(path, json=body, headers=BEARER)
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["model_id"] == model
-    best = answer.json()["masks"][0]
-    return coco_mask.decode({"size": best["size"], "counts": best["counts"].encode()}) > 0
+    return native.native_best(served.client, DATA, model_id=model, headers=BEARER, **prompt)[0]
 
 
 def as_is(mask: np.ndarray) -> np.ndarray:

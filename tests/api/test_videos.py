@@ -7,7 +7,6 @@ PIL) and are compared with SAM2's own video predictor on the same JPEG frames
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import time
@@ -26,7 +25,7 @@ from pycocotools import mask as coco_mask
 from sam2_server.api.errors import headers_of, status_of
 from sam2_server.codecs.polygons import rasterize
 from sam2_server.domain import FrameMasks
-from tests.api.raw_asgi import post_scope
+from tests.api.raw_asgi import leave_mid_answer
 from tests.clips import rotate_mp4, write_mp4
 from tests.codecs.test_polygons import assert_within_tolerance
 from tests.conftest import VIDEO_FRAMES
@@ -443,33 +442,14 @@ def test_a_client_that_leaves_propagation_is_logged_499_and_the_session_is_freed
     with TestClient(app) as client:
         video_id = _open(client)
         prompt_two_objects(client, video_id)
-        body = b"{}"
-        left = asyncio.Event()
-        lines: list[bytes] = []
-
-        async def receive() -> dict:
-            if not lines:
-                lines.append(b"")
-                return {"type": "http.request", "body": body, "more_body": False}
-            await left.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            if message["type"] == "http.response.body" and message.get("body"):
-                lines.append(message["body"])
-                left.set()
-
-        scope = post_scope(f"{VIDEOS}/{video_id}/propagate", body)
-
-        async def run() -> None:
-            await asyncio.wait_for(app(scope, receive, send), timeout=120)
-            for _ in range(1200):  # the propagation ends at its next frame
-                if app.state.admission.in_use == 0:
-                    return
-                await asyncio.sleep(0.05)
-
-        asyncio.run(run())
-        assert orjson.loads(lines[1])["frame_index"] == 0
+        lines = leave_mid_answer(
+            app,
+            f"{VIDEOS}/{video_id}/propagate",
+            b"{}",
+            leave_after=bool,  # the first frame's line
+            settled=lambda: app.state.admission.in_use == 0,  # at the propagation's next frame
+        )
+        assert orjson.loads(lines[0])["frame_index"] == 0
         assert app.state.admission.in_use == 0
         requests = app.state.metrics.requests
         route = "/v1/videos/{id}/propagate"

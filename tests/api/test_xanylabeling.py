@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from pycocotools import mask as coco_mask
 
 from sam2_server.api import create_app
 from sam2_server.api.xanylabeling import (
@@ -27,6 +26,7 @@ from sam2_server.api.xanylabeling import (
 )
 from sam2_server.codecs.polygons import mask_polygons, rasterize
 from sam2_server.domain import Prediction
+from tests.api.native import native_best
 from tests.conftest import image_bytes
 
 PREDICT = "/xanylabeling/v1/predict"
@@ -87,16 +87,7 @@ def drawn(shapes: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
 
 def native_mask(client: TestClient, **prompt: Any) -> tuple[np.ndarray, float]:
     """The native API's best mask and score for `prompt` on IMAGE (single-mask output)."""
-    uploaded = client.post("/v1/images", files={"image": ("i.png", IMAGE, "image/png")})
-    assert uploaded.status_code == 200, uploaded.text
-    body = {"multimask_output": False, "return_logits": False, **prompt}
-    answer = client.post(f"/v1/images/{uploaded.json()['image_id']}/segment", json=body)
-    assert answer.status_code == 200, answer.text
-    rle = answer.json()["masks"][0]
-    if isinstance(rle, list):  # several objects: the first one's
-        rle = rle[0]
-    mask = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
-    return mask.astype(bool), float(np.ravel(answer.json()["scores"])[0])
+    return native_best(client, IMAGE, multimask_output=False, **prompt)
 
 
 @pytest.fixture(scope="module")

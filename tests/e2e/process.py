@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +28,33 @@ class Server:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=30)
+
+
+def metric(url: str, name: str, token: str | None = None) -> float:
+    """One sample of the server's /metrics at `url` (0 before any), `name` with its labels
+    as Prometheus writes them (`sam2_inflight_requests`, `sam2_requests_total{...}`)."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    text = httpx.get(f"{url}/metrics", headers=headers, timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line[len(name) + 1 :])
+    return 0.0
+
+
+def requests_counted(url: str, route: str, status: int, token: str | None = None) -> float:
+    """The server's sam2_requests_total for `route` and `status` (0 before any)."""
+    return metric(url, f'sam2_requests_total{{route="{route}",status="{status}"}}', token)
+
+
+def wait_until(condition: Callable[[], object], timeout: float, step: float = 0.05) -> bool:
+    """Poll `condition` every `step` seconds for up to `timeout`: whether it came true
+    (a server's work ends, and is counted, a moment after the client's call returns)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return bool(condition())
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.process import start_server
+from tests.e2e.process import metric, start_server, wait_until
 
 POINT = {"point_coords": "[[300, 200]]", "point_labels": "[1]"}
 
@@ -52,20 +52,8 @@ def stats(url: str) -> dict:
     return httpx.get(url + "/stats", timeout=5).json()
 
 
-def wait_until(condition, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
-
-
 def inflight(url: str) -> int:
-    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("sam2_inflight_requests "):
-            return int(float(line.split()[1]))
-    return 0
+    return int(metric(url, "sam2_inflight_requests"))
 
 
 # -- SIGTERM ---------------------------------------------------------------------------

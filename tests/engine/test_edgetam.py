@@ -156,16 +156,6 @@ def assert_same(got, want: dict[str, np.ndarray], *, exact: bool, logits_masks: 
 
 
 @pytest.fixture(scope="module")
-def reference_features(edgetam_reference):
-    """The oracle's embedding of the test image, computed once."""
-    model, processor = edgetam_reference
-    with torch.no_grad():
-        return model.get_image_embeddings(
-            processor(images=picture(), return_tensors="pt")["pixel_values"]
-        )
-
-
-@pytest.fixture(scope="module")
 def unfolded(edgetam_repo, hf_edgetam):
     """The family's image side on transformers' model as the model card loads it (nothing
     folded, nothing in channels_last): the decode path alone, to be fed the oracle's own
@@ -282,7 +272,7 @@ def test_a_repository_missing_weights_of_its_config_is_refused(edgetam_repo, tmp
 
 
 def test_folded_channels_last_encoder_equals_transformers_within_1e6(
-    edgetam_engine, hf_edgetam, edgetam_reference
+    edgetam_engine, hf_edgetam, edgetam_reference, edgetam_reference_features
 ):
     model = edgetam_reference[0]
     loaded = edgetam_engine.models.image_model(hf_edgetam)
@@ -304,16 +294,13 @@ def test_folded_channels_last_encoder_equals_transformers_within_1e6(
     assert widths == [32, 64, 256, 256], widths
     assert not isinstance(model.mask_decoder.conv_s0, torch.nn.Identity)
 
-    assert_embedding_within_1e6(edgetam_engine, hf_edgetam, edgetam_reference)
+    assert_embedding_within_1e6(edgetam_engine, hf_edgetam, edgetam_reference_features)
 
 
-def assert_embedding_within_1e6(engine, model_id: str, reference) -> None:
-    """The served embedding of DATA against transformers' `get_image_embeddings`."""
-    model, processor = reference
+def assert_embedding_within_1e6(engine, model_id: str, want) -> None:
+    """The served embedding of DATA against transformers' `get_image_embeddings` of it
+    (`want`: the `edgetam_reference_features` fixture)."""
     embedding = engine.embed(model_id, DATA)
-    with torch.no_grad():
-        pixels = processor(images=picture(), return_tensors="pt")["pixel_values"]
-        want = model.get_image_embeddings(pixels)
     got = (*embedding.high_res_feats, embedding.image_embed)
     for ours, theirs in zip(got, want, strict=True):
         assert ours.shape == theirs.shape
@@ -383,16 +370,18 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_clicks_equal_transformers(
-    edgetam_engine, hf_edgetam, edgetam_reference, reference_features, unfolded, name
+    edgetam_engine, hf_edgetam, edgetam_reference, edgetam_reference_features, unfolded, name
 ):
     case = dict(CASES[name])
     flags = {k: case.pop(k) for k in ("multimask_output", "return_logits") if k in case}
     arrays = {k: np.asarray(v) for k, v in case.items()}
     prompt = Prompt(**arrays, **flags)
-    want = reference_answer(edgetam_reference, reference_features, picture(), **arrays, **flags)
+    want = reference_answer(
+        edgetam_reference, edgetam_reference_features, picture(), **arrays, **flags
+    )
     logits_masks = flags.get("return_logits", True)
     # The decode path on the oracle's own embedding: exactly the oracle's answer.
-    embedding = oracle_embedding(reference_features, hf_edgetam)
+    embedding = oracle_embedding(edgetam_reference_features, hf_edgetam)
     exact = decode(unfolded, embedding, prompt, edgetam_engine.compute)
     assert_same(exact, want, exact=True, logits_masks=logits_masks)
     # The served model, end to end (folded encoder, cache): the same within tolerance.
@@ -405,7 +394,7 @@ def test_clicks_equal_transformers(
 
 
 def test_mask_input_round_trips(
-    edgetam_engine, hf_edgetam, edgetam_reference, reference_features, unfolded
+    edgetam_engine, hf_edgetam, edgetam_reference, edgetam_reference_features, unfolded
 ):
     """An answer's best low-resolution logits go back as `mask_input`, as with SAM2."""
     first = edgetam_engine.segment(
@@ -416,13 +405,13 @@ def test_mask_input_round_trips(
     prompt = Prompt(**again, mask_input=low_res, multimask_output=False)
     want = reference_answer(
         edgetam_reference,
-        reference_features,
+        edgetam_reference_features,
         picture(),
         **again,
         mask_input=low_res,
         multimask_output=False,
     )
-    embedding = oracle_embedding(reference_features, hf_edgetam)
+    embedding = oracle_embedding(edgetam_reference_features, hf_edgetam)
     exact = decode(unfolded, embedding, prompt, edgetam_engine.compute)
     assert_same(exact, want, exact=True, logits_masks=True)
     got = edgetam_engine.segment(hf_edgetam, DATA, prompt)
@@ -644,7 +633,7 @@ def test_an_image_only_repository_serves_images_and_refuses_video(edgetam_repo, 
 
 
 def test_openvino_encoder_equals_transformers_within_1e6(
-    edgetam_openvino, hf_edgetam, edgetam_reference
+    edgetam_openvino, hf_edgetam, edgetam_reference_features
 ):
     """The encode up to the embedding on OpenVINO (RepViT, neck, projections): within
     1e-6 of transformers' own embedding; converted once for the image and video models
@@ -657,16 +646,16 @@ def test_openvino_encoder_equals_transformers_within_1e6(
     assert image.vision.nbytes > 1_000_000
     assert image.cache_bytes >= image.vision.nbytes
     assert len(conversions) == 1  # the video model compiled the image model's conversion
-    assert_embedding_within_1e6(engine, hf_edgetam, edgetam_reference)
+    assert_embedding_within_1e6(engine, hf_edgetam, edgetam_reference_features)
 
 
 @pytest.mark.parametrize("name", ["points", "several_boxes"])
 def test_openvino_clicks_equal_transformers(
-    edgetam_openvino, hf_edgetam, edgetam_reference, reference_features, name
+    edgetam_openvino, hf_edgetam, edgetam_reference, edgetam_reference_features, name
 ):
     engine, _ = edgetam_openvino
     case = dict(CASES[name])
     arrays = {k: np.asarray(v) for k, v in case.items()}
-    want = reference_answer(edgetam_reference, reference_features, picture(), **arrays)
+    want = reference_answer(edgetam_reference, edgetam_reference_features, picture(), **arrays)
     got = engine.segment(hf_edgetam, DATA, Prompt(**arrays))
     assert_same(got, want, exact=False, logits_masks=True)

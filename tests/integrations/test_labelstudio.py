@@ -36,10 +36,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from sam2_server.codecs.brush import mask2rle
+from tests.api.test_labelstudio import pixels, unique_copy
 from tests.e2e.process import Server, free_port
 from tests.integrations.conftest import TOOLS_TOKEN, tool_python
 from tests.integrations.native import native_masks
@@ -329,10 +328,6 @@ def counters(server: Server) -> tuple[int, int]:
     return int(stats["encoded_images"]), int(metrics["downloads"])
 
 
-def px(percent: float, size: int) -> float:
-    return percent * size / 100
-
-
 ENCODE = """
 import json, sys
 import numpy as np
@@ -380,7 +375,7 @@ def test_a_keypoint_through_label_studio_is_the_native_mask(
         tools_server.url,
         TOOLS_TOKEN,
         IMAGE.read_bytes(),
-        points=[[px(37.5, WIDTH), px(52.0, HEIGHT)]],
+        points=[[pixels(37.5, WIDTH), pixels(52.0, HEIGHT)]],
         labels=[1],
     )
     np.testing.assert_array_equal(mask, masks[0])
@@ -403,7 +398,10 @@ def test_the_next_click_costs_no_download_and_no_encode(
         tools_server.url,
         TOOLS_TOKEN,
         IMAGE.read_bytes(),
-        points=[[px(37.5, WIDTH), px(52.0, HEIGHT)], [px(70.0, WIDTH), px(30.0, HEIGHT)]],
+        points=[
+            [pixels(37.5, WIDTH), pixels(52.0, HEIGHT)],
+            [pixels(70.0, WIDTH), pixels(30.0, HEIGHT)],
+        ],
         labels=[1, 0],
     )
     np.testing.assert_array_equal(mask, masks[0])
@@ -432,7 +430,7 @@ def test_a_rectangle_through_label_studio_is_the_native_mask(
     region = brush_region(click(label_studio, project, [rectangle]))
     assert region["value"]["brushlabels"] == ["Bag"]
     (mask,) = sdk_decode([region])
-    box = [px(12.5, WIDTH), px(20.0, HEIGHT), px(52.5, WIDTH), px(65.5, HEIGHT)]
+    box = [pixels(12.5, WIDTH), pixels(20.0, HEIGHT), pixels(52.5, WIDTH), pixels(65.5, HEIGHT)]
     masks, _ = native_masks(tools_server.url, TOOLS_TOKEN, IMAGE.read_bytes(), box=box)
     np.testing.assert_array_equal(mask, masks[0])
 
@@ -443,9 +441,7 @@ def test_a_ten_click_session_downloads_and_encodes_once(
     # Bytes no other test of the session sends (the server's cache is shared with the
     # other tools' tests): the one encode counted is this session's own.
     unique = tmp_path / "truck-ten-clicks.png"
-    note = PngInfo()
-    note.add_text("Comment", "the ten-click session of test_labelstudio.py")
-    Image.open(DATA / "truck.jpg").save(unique, format="PNG", pnginfo=note)
+    unique.write_bytes(unique_copy("truck.jpg", "the ten-click session of test_labelstudio.py"))
     task, upload = import_image(label_studio, project.id, unique)
     before = counters(tools_server)
     rng = np.random.default_rng(16)
