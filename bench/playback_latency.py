@@ -49,6 +49,7 @@ from machine import cpu_name
 from run import ROOT, serve_args, started
 
 sys.path.insert(0, str(ROOT))  # tests: the test models, and the page tests' Chromium
+from tests.clips import cycled_frames
 from tests.synthetic import VIDEO_TEST_OVERRIDES, write_checkpoint, write_config
 from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
 
@@ -66,17 +67,6 @@ new PerformanceObserver((list) => {
   }
 }).observe({type: "mark", buffered: true});
 """
-
-
-def clip(folder: Path, count: int) -> list[Path]:
-    """`count` frame files: the bedroom frames, cycled."""
-    folder.mkdir(parents=True, exist_ok=True)
-    frames = []
-    for index in range(count):
-        path = folder / f"{index:05d}.jpg"
-        path.write_bytes(BEDROOM[index % len(BEDROOM)].read_bytes())
-        frames.append(path)
-    return frames
 
 
 def marks(page: Page) -> list[dict]:
@@ -189,7 +179,7 @@ def main() -> int:
                     context.add_init_script(COLLECT_MARKS)
                     page = context.new_page()
                     page.set_default_timeout(60_000)
-                    frames = clip(folder / f"clip-{count}", count)
+                    frames = cycled_frames(BEDROOM, folder / f"clip-{count}", count)
                     url = server.url + "/"
                     results[count] = run_clip(page, url, frames, args.objects, args.repeats)
                     context.close()

@@ -51,3 +51,15 @@ def rotate_mp4(path: Path, clockwise: int) -> Path:
     data[matrix : matrix + 36] = struct.pack(">9i", *values)
     path.write_bytes(bytes(data))
     return path
+
+
+def cycled_frames(sources: list[Path], folder: Path, count: int) -> list[Path]:
+    """`count` frame files in `folder` (00000.jpg, ...): the `sources` over and over, a
+    clip of any length from a few real frames."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for index in range(count):
+        path = folder / f"{index:05d}.jpg"
+        path.write_bytes(sources[index % len(sources)].read_bytes())
+        frames.append(path)
+    return frames

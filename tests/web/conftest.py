@@ -7,7 +7,7 @@ Playwright never downloads a browser here: it launches the system one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,23 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1200, "height": 760}
+
+
+def posted_to(suffix: str) -> Callable[[object], bool]:
+    """A `page.expect_response` predicate: a POST whose URL ends with `suffix`."""
+
+    def matches(response) -> bool:  # playwright's Response
+        return response.url.endswith(suffix) and response.request.method == "POST"
+
+    return matches
+
+
+is_upload = posted_to("/v1/images")
+is_segment = posted_to("/segment")
+is_automatic = posted_to("/automatic-masks")
+is_video_upload = posted_to("/v1/videos")
+is_prompt = posted_to("/prompts")
+is_propagate = posted_to("/propagate")
 
 
 @pytest.fixture(scope="package")

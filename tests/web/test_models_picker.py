@@ -23,22 +23,19 @@ from PIL import Image
 
 from tests.conftest import VIDEO_FRAMES
 from tests.e2e.process import Server, start_server
-from tests.web.conftest import CHROMIUM
+from tests.web.conftest import CHROMIUM, is_segment, is_upload, is_video_upload
 from tests.web.test_page import (
+    AUTH,
     PHOTO,
     TOKEN,
     _b64,
     api_segment,
     assert_same_as_packed,
     canvas_rgba,
-    is_segment,
-    is_upload,
     wait_for_overlay,
     wait_for_text,
     wait_until_enabled,
 )
-
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -93,10 +90,6 @@ def page(page):
 def forms(page) -> list[dict]:
     """The text fields of every form the page has sent, in order."""
     return page.evaluate("() => window.__forms || []")
-
-
-def is_video_upload(response) -> bool:
-    return response.url.endswith("/v1/videos") and response.request.method == "POST"
 
 
 def options(page, select: str) -> list[dict]:

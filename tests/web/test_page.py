@@ -30,10 +30,11 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from tests.conftest import DATA
-from tests.e2e.process import Server, serving_local
-from tests.web.conftest import CHROMIUM, VIEWPORT
+from tests.e2e.process import Server, requests_counted, serving_local
+from tests.web.conftest import CHROMIUM, VIEWPORT, is_automatic, is_segment, is_upload
 
 TOKEN = "web-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PHOTO = DATA / "groceries.jpg"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
 SCREENSHOT_MAX_BYTES = 300_000
@@ -70,18 +71,6 @@ def server(reduced_model) -> Iterator[Server]:
         yield server
 
 
-def is_segment(response) -> bool:
-    return response.url.endswith("/segment") and response.request.method == "POST"
-
-
-def is_upload(response) -> bool:
-    return response.url.endswith("/v1/images") and response.request.method == "POST"
-
-
-def is_automatic(response) -> bool:
-    return response.url.endswith("/automatic-masks") and response.request.method == "POST"
-
-
 def overlay(page) -> dict:
     return page.evaluate(READ_OVERLAY)
 
@@ -94,10 +83,11 @@ def wait_for_overlay(page, condition: str, arg: object = None) -> dict:
     return overlay(page)
 
 
-def wait_for_text(page, element_id: str, text: str) -> None:
+def wait_for_text(page, element_id: str, text: str, timeout: float | None = None) -> None:
     page.wait_for_function(
         "([id, text]) => document.getElementById(id).textContent.includes(text)",
         arg=[element_id, text],
+        timeout=timeout,
     )
 
 
@@ -475,8 +465,8 @@ def test_dropping_segment_everything_aborts_it(page, server, how):
     wait_for_text(page, "status", "score")
     clicked_status = page.text_content("#status")
 
-    left_before = requests_counted(server, AUTOMATIC_ROUTE, 499)
-    answered_before = requests_counted(server, AUTOMATIC_ROUTE, 200)
+    left_before = requests_counted(server.url, AUTOMATIC_ROUTE, 499, TOKEN)
+    answered_before = requests_counted(server.url, AUTOMATIC_ROUTE, 200, TOKEN)
     failed = []
     page.on("requestfailed", lambda r: failed.append((r.url, r.failure)))
     with page.expect_request(lambda r: r.url.endswith("/automatic-masks")) as sent:
@@ -599,8 +589,8 @@ def test_segment_everything_shows_progress_and_stops(page, server):
     wait_for_text(page, "status", "score")
     clicked_status = page.text_content("#status")
 
-    left_before = requests_counted(server, AUTOMATIC_ROUTE, 499)
-    answered_before = requests_counted(server, AUTOMATIC_ROUTE, 200)
+    left_before = requests_counted(server.url, AUTOMATIC_ROUTE, 499, TOKEN)
+    answered_before = requests_counted(server.url, AUTOMATIC_ROUTE, 200, TOKEN)
     with page.expect_response(is_automatic, timeout=EVERYTHING_TIMEOUT_MS) as streaming:
         page.click("#everything")
         assert page.is_visible("#everything-stop")
@@ -726,21 +716,11 @@ def assert_stopped(page, server, left_before: float, answered_before: float) -> 
     the answer: it stopped), and no more 200; then nothing left on its way may draw."""
     wait_until(
         page,
-        lambda: requests_counted(server, AUTOMATIC_ROUTE, 499) == left_before + 1,
+        lambda: requests_counted(server.url, AUTOMATIC_ROUTE, 499, TOKEN) == left_before + 1,
         "the server's 499 for the request left",
     )
-    assert requests_counted(server, AUTOMATIC_ROUTE, 200) == answered_before
+    assert requests_counted(server.url, AUTOMATIC_ROUTE, 200, TOKEN) == answered_before
     page.wait_for_timeout(300)
-
-
-def requests_counted(server, route: str, status: int) -> float:
-    """The server's sam2_requests_total for `route` and `status` (0 before any)."""
-    metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
-    wanted = f'sam2_requests_total{{route="{route}",status="{status}"}} '
-    for line in metrics.text.splitlines():
-        if line.startswith(wanted):
-            return float(line[len(wanted) :])
-    return 0.0
 
 
 def wait_until(page, condition, what: str, timeout_s: float = 60) -> None:

@@ -28,10 +28,20 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from tests.clips import cycled_frames
 from tests.conftest import VIDEO_FRAMES
+from tests.e2e import process
 from tests.e2e.process import Server, serving_local
-from tests.web.conftest import CHROMIUM
-from tests.web.test_page import TOKEN, canvas_rgba, save_screenshot, wait_until, wait_until_enabled
+from tests.web.conftest import CHROMIUM, is_prompt, is_propagate, is_video_upload
+from tests.web.test_page import (
+    AUTH,
+    TOKEN,
+    canvas_rgba,
+    save_screenshot,
+    wait_for_text,
+    wait_until,
+    wait_until_enabled,
+)
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot-video.png"
 FRAMES = VIDEO_FRAMES[:6]
@@ -41,7 +51,6 @@ FRAMES = VIDEO_FRAMES[:6]
 # machine's click could miss.
 MAX_FRAMES = 40
 BUSY_ATTEMPTS = 5  # holds tried, each a propagation that ends by itself
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TRACK_TIMEOUT_MS = 120_000
 
 pytestmark = pytest.mark.skipif(
@@ -56,28 +65,8 @@ def video_server(video_model) -> Iterator[Server]:
         yield server
 
 
-def is_video_upload(response) -> bool:
-    return response.url.endswith("/v1/videos") and response.request.method == "POST"
-
-
-def is_prompt(response) -> bool:
-    return response.url.endswith("/prompts") and response.request.method == "POST"
-
-
-def is_propagate(response) -> bool:
-    return response.url.endswith("/propagate") and response.request.method == "POST"
-
-
 def text_of(page, element_id: str) -> str:
     return page.text_content(f"#{element_id}") or ""
-
-
-def wait_for_text(page, element_id: str, text: str, timeout: float | None = None) -> None:
-    page.wait_for_function(
-        "([id, text]) => document.getElementById(id).textContent.includes(text)",
-        arg=[element_id, text],
-        timeout=timeout,
-    )
 
 
 def wait_for_frame(page, index: int, frames: int) -> None:
@@ -411,7 +400,9 @@ def test_video_stop_errors_and_leaving(page, video_server, tmp_path):
 
     # Too many frames: the server's 413, with what to do.
     with page.expect_response(is_video_upload) as refused:
-        page.set_input_files("#video-file", _clip(tmp_path / "too-many", MAX_FRAMES + 1))
+        page.set_input_files(
+            "#video-file", cycled_frames(VIDEO_FRAMES, tmp_path / "too-many", MAX_FRAMES + 1)
+        )
     assert refused.value.status == 413
     message = refused.value.json()["detail"]["msg"]
     wait_for_text(page, "v-error", message)
@@ -420,7 +411,9 @@ def test_video_stop_errors_and_leaving(page, video_server, tmp_path):
 
     # A clip at the cap opens.
     with page.expect_response(is_video_upload) as upload:
-        page.set_input_files("#video-file", _clip(tmp_path / "clip", MAX_FRAMES))
+        page.set_input_files(
+            "#video-file", cycled_frames(VIDEO_FRAMES, tmp_path / "clip", MAX_FRAMES)
+        )
     assert upload.value.status == 201
     video_id = upload.value.json()["video_id"]
     video = f"{url}/v1/videos/{video_id}"
@@ -501,10 +494,10 @@ def test_video_stop_errors_and_leaving(page, video_server, tmp_path):
     # Leaving the page closes the session (a keepalive DELETE on pagehide).
     assert httpx.get(reopened, headers=AUTH).status_code == 200
     page.goto("about:blank")
-    deadline = time.monotonic() + 10
-    while httpx.get(reopened, headers=AUTH).status_code != 404:
-        assert time.monotonic() < deadline, "the session outlived the page"
-        time.sleep(0.1)
+    closed = process.wait_until(
+        lambda: httpx.get(reopened, headers=AUTH).status_code == 404, 10, 0.1
+    )
+    assert closed, "the session outlived the page"
 
     # Chromium logs the refused requests itself; nothing else may go wrong.
     logged = ("status of 404", "status of 409", "status of 413")
@@ -569,17 +562,6 @@ def test_video_file_frames_match_the_server(page, video_server, tmp_path):
         assert np.abs(top - colour).max() < 40, (frame, top)
         assert np.abs(bottom - 255).max() < 40, (frame, bottom)
     assert page.errors == []
-
-
-def _clip(folder: Path, frames: int) -> list[str]:
-    """`frames` frame files, the test video's frames over and over."""
-    folder.mkdir()
-    paths = []
-    for index in range(frames):
-        path = folder / f"{index:05d}.jpg"
-        path.write_bytes(VIDEO_FRAMES[index % len(VIDEO_FRAMES)].read_bytes())
-        paths.append(str(path))
-    return paths
 
 
 def _frames_propagated(url: str) -> int:
