@@ -99,7 +99,8 @@ def test_checkpoint_that_does_not_match_config(reduced_model):
 
 def test_cpu_is_fp32(reduced_engine):
     assert select_device() == torch.device("cpu") or torch.cuda.is_available()
-    model = reduced_engine.models.images.loaded()[reduced_engine.default_model_id].predictor.model
+    loaded = reduced_engine.models.images.loaded()[reduced_engine.default_model_id]
+    model = loaded.image.predictor.model
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 

@@ -87,7 +87,7 @@ def test_answers_match_pytorch(engines):
 
 def test_the_encoder_is_replaced_and_stats_say_so(engines):
     _, ov_engine = engines
-    model = ov_engine.models.images.loaded()[ov_engine.default_model_id].predictor.model
+    model = ov_engine.models.images.loaded()[ov_engine.default_model_id].image.predictor.model
     assert isinstance(model.image_encoder, openvino_backend.OpenVinoImageEncoder)
     # The PyTorch encoder's weights are gone; the model's bytes count OpenVINO's.
     assert not any(n.startswith("image_encoder.") for n, _ in model.named_parameters())

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -25,12 +24,8 @@ from sam2_server.engine.compute import Compute
 from sam2_server.engine.embedding import Embedding
 from sam2_server.engine.family import ImageModel
 from sam2_server.engine.models import ModelSpec
-from sam2_server.engine.sam2_family import Sam2Image
 from sam2_server.errors import check_cancelled
 from sam2_server.images import decode_image
-
-if TYPE_CHECKING:
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
 
 __all__ = ["Encoder", "LoadedModel"]
 
@@ -45,13 +40,6 @@ class LoadedModel:
     encode_lock: threading.Lock = field(default_factory=threading.Lock)
     decode_lock: threading.Lock = field(default_factory=threading.Lock)  # clicks
     automatic_lock: threading.Lock = field(default_factory=threading.Lock)  # generations
-
-    @property
-    def predictor(self) -> SAM2ImagePredictor:
-        """A SAM2 model's template predictor (for tools that reach into the library)."""
-        if not isinstance(self.image, Sam2Image):
-            raise TypeError(f"{self.spec.model_id} is a {self.image.family} model, not SAM2")
-        return self.image.predictor
 
 
 class _EncodeJob:
